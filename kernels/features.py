@@ -1,0 +1,224 @@
+"""The feature pipeline: typed columns in, a C-contiguous float32 matrix out.
+
+Training, batch scoring and the server all call :meth:`Pipeline.matrix` (or
+:meth:`Pipeline.row`, the same kernel on one row), so train/serve skew cannot
+happen by construction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numba import njit, prange
+
+from kernels.errors import SpecError
+from kernels.geo import bearing, deltas_km, haversine_km
+from kernels.spec import GEO_FEATURES, TIME_FEATURES, FeatureSpec
+from kernels.timefeat import local_time_features, to_utc_offset, zone_table
+
+__all__ = ["UNKNOWN", "Columns", "Pipeline", "build_features"]
+
+#: The level every unseen categorical value maps to.
+UNKNOWN = "unknown"
+_N_FIXED = len(GEO_FEATURES) + len(TIME_FEATURES)
+
+
+@dataclass(slots=True)
+class Columns:
+    """One batch of raw inputs as typed arrays (the kernel's input contract).
+
+    ``cats`` holds categorical codes (``0..L-1`` known levels, ``L`` = unknown);
+    ``nums`` holds numeric values, NaN where an optional one is absent.
+    """
+
+    pickup_lat: np.ndarray  # float64 [n]
+    pickup_lon: np.ndarray
+    dropoff_lat: np.ndarray
+    dropoff_lon: np.ndarray
+    utc: np.ndarray  # int64 [n] epoch seconds
+    offset: np.ndarray  # int32 [n] seconds east of UTC
+    cats: np.ndarray  # int32 [n, C]
+    nums: np.ndarray  # float64 [n, K]
+
+    def __len__(self) -> int:
+        return int(self.pickup_lat.shape[0])
+
+    def take(self, idx: np.ndarray) -> Columns:
+        return Columns(*(getattr(self, f)[idx] for f in self.__slots__))  # type: ignore[attr-defined]
+
+
+@njit(cache=True, inline="always")
+def _row(
+    i: int,
+    plat: np.ndarray,
+    plon: np.ndarray,
+    dlat: np.ndarray,
+    dlon: np.ndarray,
+    utc: np.ndarray,
+    offset: np.ndarray,
+    cats: np.ndarray,
+    nums: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    a, b, c, d = plat[i], plon[i], dlat[i], dlon[i]
+    out[i, 0] = a
+    out[i, 1] = b
+    out[i, 2] = c
+    out[i, 3] = d
+    out[i, 4] = haversine_km(a, b, c, d)
+    s, co = bearing(a, b, c, d)
+    out[i, 5] = s
+    out[i, 6] = co
+    north, east = deltas_km(a, b, c, d)
+    out[i, 7] = north
+    out[i, 8] = east
+    hs, hc, ds, dc, we = local_time_features(utc[i], offset[i])
+    out[i, 9] = hs
+    out[i, 10] = hc
+    out[i, 11] = ds
+    out[i, 12] = dc
+    out[i, 13] = we
+    j = 14
+    for k in range(cats.shape[1]):
+        out[i, j] = cats[i, k]
+        j += 1
+    for k in range(nums.shape[1]):
+        out[i, j] = nums[i, k]
+        j += 1
+
+
+@njit(cache=True)
+def build_features(
+    plat: np.ndarray,
+    plon: np.ndarray,
+    dlat: np.ndarray,
+    dlon: np.ndarray,
+    utc: np.ndarray,
+    offset: np.ndarray,
+    cats: np.ndarray,
+    nums: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    """Fill ``out[n, 14 + C + K]`` (float32) with the features of every row.
+
+    Columns: the four coordinates, great-circle distance (km), bearing (sin, cos),
+    north/east deltas (km), local hour (sin, cos), day of week (sin, cos), weekend,
+    categorical codes, numerics (NaN when absent). Formulas: see kernels.geo and
+    kernels.timefeat.
+    """
+    for i in range(plat.shape[0]):
+        _row(i, plat, plon, dlat, dlon, utc, offset, cats, nums, out)
+
+
+@njit(cache=True, parallel=True)
+def build_features_parallel(
+    plat: np.ndarray,
+    plon: np.ndarray,
+    dlat: np.ndarray,
+    dlon: np.ndarray,
+    utc: np.ndarray,
+    offset: np.ndarray,
+    cats: np.ndarray,
+    nums: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    """:func:`build_features` with rows spread over threads (large batches)."""
+    for i in prange(plat.shape[0]):
+        _row(i, plat, plon, dlat, dlon, utc, offset, cats, nums, out)
+
+
+_PARALLEL_FROM = 50_000
+
+
+class Pipeline:
+    """A spec plus the categorical levels a model was trained with.
+
+    ``levels`` maps every categorical name to its known levels (declared, or learned
+    from training data). Codes: index in the levels, ``len(levels)`` for anything else.
+    """
+
+    def __init__(self, spec: FeatureSpec, levels: Mapping[str, Sequence[str]] | None = None):
+        self.spec = spec
+        lv: dict[str, tuple[str, ...]] = {}
+        for c in spec.categorical:
+            got = tuple((levels or {}).get(c.name, c.levels))
+            if not got and c.learned:
+                raise SpecError(
+                    f"categorical {c.name!r} learns its levels from training data; "
+                    "pass the learned levels (they are stored in the model manifest)"
+                )
+            lv[c.name] = got
+        self.levels = lv
+        self.codes: dict[str, dict[str, int]] = {
+            name: {v: i for i, v in enumerate(levels_)} for name, levels_ in lv.items()
+        }
+        self.zone_starts, self.zone_offsets = zone_table(spec.timezone)
+        self.n_features = _N_FIXED + len(spec.categorical) + len(spec.numeric)
+        # single-row scratch buffers, reused (callers serialise per pipeline)
+        self._r_f = np.empty(4, dtype=np.float64)
+        self._r_t = np.empty(1, dtype=np.int64)
+        self._r_o = np.empty(1, dtype=np.int32)
+        self._r_c = np.empty((1, len(spec.categorical)), dtype=np.int32)
+        self._r_n = np.empty((1, len(spec.numeric)), dtype=np.float64)
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return self.spec.feature_names
+
+    def unknown_code(self, name: str) -> int:
+        return len(self.levels[name])
+
+    def encode(self, name: str, values: np.ndarray | Sequence[Any]) -> np.ndarray:
+        """Codes of a column of strings (unknown and missing values get the unknown code)."""
+        arr = np.asarray(values, dtype=object)
+        uniq, inv = np.unique(arr.astype(str), return_inverse=True)
+        table = self.codes[name]
+        unk = len(table)
+        mapped = np.fromiter((table.get(u, unk) for u in uniq), dtype=np.int32, count=len(uniq))
+        return mapped[inv.reshape(-1)]
+
+    def matrix(self, cols: Columns, out: np.ndarray | None = None) -> np.ndarray:
+        """Feature matrix ``[n, F]`` float32, C-contiguous."""
+        n = len(cols)
+        if out is None:
+            out = np.empty((n, self.n_features), dtype=np.float32)
+        fn = build_features_parallel if n >= _PARALLEL_FROM else build_features
+        fn(
+            cols.pickup_lat,
+            cols.pickup_lon,
+            cols.dropoff_lat,
+            cols.dropoff_lon,
+            cols.utc,
+            cols.offset,
+            cols.cats,
+            cols.nums,
+            out,
+        )
+        return out
+
+    def row(self, item: Any, out: np.ndarray) -> np.ndarray:
+        """Features of one request struct into ``out[0]`` (shape ``[1, F]``).
+
+        Reads the struct's fields once; no per-field Python loop beyond that.
+        """
+        spec = self.spec
+        f = self._r_f
+        f[0] = getattr(item, spec.pickup_lat)
+        f[1] = getattr(item, spec.pickup_lon)
+        f[2] = getattr(item, spec.dropoff_lat)
+        f[3] = getattr(item, spec.dropoff_lon)
+        u, o = to_utc_offset(getattr(item, spec.event_time), self.zone_starts, self.zone_offsets)
+        self._r_t[0] = u
+        self._r_o[0] = o
+        for k, c in enumerate(spec.categorical):
+            self._r_c[0, k] = self.codes[c.name].get(getattr(item, c.name), len(self.codes[c.name]))
+        for k, nm in enumerate(spec.numeric):
+            v = getattr(item, nm.name)
+            self._r_n[0, k] = np.nan if v is None else v
+        build_features(
+            f[0:1], f[1:2], f[2:3], f[3:4], self._r_t, self._r_o, self._r_c, self._r_n, out
+        )
+        return out

@@ -1,0 +1,1 @@
+"""The application: engines, batch scoring, CLI (and the HTTP server)."""

@@ -1,0 +1,1 @@
+"""The ML lifecycle: data, quality checks, training, export, registry."""
