@@ -52,6 +52,7 @@ __all__ = [
     "default_spec",
     "load_spec",
     "parse_spec",
+    "spec_from_dict",
 ]
 
 #: Features computed from the two points, in matrix order.
@@ -200,7 +201,10 @@ class FeatureSpec:
             "pickup": {"lat": self.pickup_lat, "lon": self.pickup_lon},
             "dropoff": {"lat": self.dropoff_lat, "lon": self.dropoff_lon},
             "categorical": {
-                c.name: {"levels": list(c.levels), "unknown": "reject" if c.reject_unknown else "map"}
+                c.name: {
+                    "levels": list(c.levels),
+                    "unknown": "reject" if c.reject_unknown else "map",
+                }
                 for c in self.categorical
             },
             "numeric": {
@@ -268,6 +272,15 @@ def parse_spec(text: str, source: str = "<spec>") -> FeatureSpec:
     return _resolve(decl, source)
 
 
+def spec_from_dict(data: dict[str, Any], source: str = "<manifest>") -> FeatureSpec:
+    """Rebuild a spec from :meth:`FeatureSpec.to_dict` output (e.g. a model manifest)."""
+    try:
+        decl = msgspec.convert(data, _SpecDecl)
+    except msgspec.ValidationError as exc:
+        raise SpecError(f"{source}: {exc}") from None
+    return _resolve(decl, source)
+
+
 def load_spec(path: str | Path | None = None) -> FeatureSpec:
     """Load a spec file, or the default delivery spec when ``path`` is None."""
     if path is None:
@@ -292,7 +305,10 @@ def _resolve(d: _SpecDecl, source: str) -> FeatureSpec:
     try:
         ZoneInfo(d.timezone)
     except (ZoneInfoNotFoundError, ValueError):
-        raise bad("timezone", f"unknown time zone {d.timezone!r} (use an IANA name such as 'Europe/Berlin')") from None
+        raise bad(
+            "timezone",
+            f"unknown time zone {d.timezone!r} (use an IANA name such as 'Europe/Berlin')",
+        ) from None
     cats: list[Categorical] = []
     for name, decl in d.categorical.items():
         if isinstance(decl, list):
@@ -332,6 +348,12 @@ def _resolve(d: _SpecDecl, source: str) -> FeatureSpec:
                 f"{source}: column name {col!r} must be an identifier (letters, digits, _; max 64)"
             )
     dupes = sorted({c for c in cols if cols.count(c) > 1})
+    clash = sorted({c.name for c in cats} | {n.name for n in nums})
+    clash = [c for c in clash if c in GEO_FEATURES or c in TIME_FEATURES]
+    if clash:
+        raise SpecError(
+            f"{source}: {', '.join(clash)} clash with computed feature names; rename the column(s)"
+        )
     if dupes:
         raise SpecError(f"{source}: column names used for more than one role: {', '.join(dupes)}")
     return spec

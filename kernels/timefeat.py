@@ -24,6 +24,7 @@ __all__ = [
     "local_time_features",
     "offset_at",
     "parse_iso8601",
+    "parse_iso_strings",
     "resolve_offsets",
     "to_utc_offset",
     "zone_table",
@@ -118,26 +119,28 @@ def _digits(b: np.ndarray, i: int, n: int) -> int:
 
 
 @njit(cache=True)
-def parse_iso8601(buf: np.ndarray, wall: np.ndarray, offset: np.ndarray, ok: np.ndarray) -> None:
-    """Parse rows of a zero-padded uint8 matrix ``[n, width]`` of ISO 8601 texts.
+def parse_iso8601(
+    data: np.ndarray, offsets: np.ndarray, wall: np.ndarray, offset: np.ndarray, ok: np.ndarray
+) -> None:
+    """Parse ISO 8601 texts stored Arrow-style: row r is ``data[offsets[r]:offsets[r+1]]``.
 
     Accepts ``YYYY-MM-DD``, then optionally ``T`` or a space and ``HH:MM[:SS[.fff…]]``,
-    then optionally ``Z``, ``±HH``, ``±HHMM`` or ``±HH:MM``. Writes the wall-clock time
-    as epoch seconds (as if it were UTC), the offset in seconds (NO_OFFSET when none)
-    and ``ok``. Fractions of a second are dropped.
+    then optionally ``Z``, ``±HH``, ``±HHMM`` or ``±HH:MM``; surrounding spaces are
+    ignored. Writes the wall-clock time as epoch seconds (as if it were UTC), the offset
+    in seconds (NO_OFFSET when none) and ``ok``. Fractions of a second are dropped.
     """
-    n, w = buf.shape
+    n = wall.shape[0]
     for r in range(n):
-        b = buf[r]
         ok[r] = False
         wall[r] = 0
         offset[r] = NO_OFFSET
-        ln = w
-        while ln > 0 and (b[ln - 1] == 0 or b[ln - 1] == 32):
+        i = offsets[r]
+        ln = offsets[r + 1]
+        while ln > i and (data[ln - 1] == 32 or data[ln - 1] == 0):
             ln -= 1
-        i = 0
-        while i < ln and b[i] == 32:
+        while i < ln and data[i] == 32:
             i += 1
+        b = data
         if ln - i < 10 or b[i + 4] != 45 or b[i + 7] != 45:
             continue
         y = _digits(b, i, 4)
@@ -211,6 +214,21 @@ def parse_iso8601(buf: np.ndarray, wall: np.ndarray, offset: np.ndarray, ok: np.
         ok[r] = True
 
 
+def parse_iso_strings(values: list[str] | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Convenience wrapper of :func:`parse_iso8601` for Python strings: (wall, offset, ok)."""
+    enc = [str(v).encode("utf-8", "replace") for v in values]
+    lens = np.fromiter((len(e) for e in enc), dtype=np.int64, count=len(enc))
+    offs = np.zeros(len(enc) + 1, dtype=np.int64)
+    np.cumsum(lens, out=offs[1:])
+    data = np.frombuffer(b"".join(enc), dtype=np.uint8) if enc else np.empty(0, np.uint8)
+    n = len(enc)
+    wall = np.empty(n, np.int64)
+    off = np.empty(n, np.int32)
+    ok = np.empty(n, np.bool_)
+    parse_iso8601(data, offs, wall, off, ok)
+    return wall, off, ok
+
+
 @njit(cache=True)
 def resolve_offsets(
     wall: np.ndarray, offset: np.ndarray, starts: np.ndarray, offsets: np.ndarray
@@ -257,7 +275,9 @@ def local_time_features(utc: int, offset: int) -> tuple[float, float, float, flo
     return math.sin(a), math.cos(a), math.sin(b), math.cos(b), 1.0 if dow >= 5 else 0.0
 
 
-def to_utc_offset(value: datetime | int | float, starts: np.ndarray, offsets: np.ndarray) -> tuple[int, int]:
+def to_utc_offset(
+    value: datetime | int | float, starts: np.ndarray, offsets: np.ndarray
+) -> tuple[int, int]:
     """One event time (aware/naive datetime or epoch seconds) as (utc, offset) seconds."""
     if isinstance(value, datetime):
         if value.tzinfo is not None and value.utcoffset() is not None:

@@ -1,0 +1,236 @@
+"""Numba kernels that evaluate a flattened LightGBM forest (bit-exact with LightGBM).
+
+Flattened layout
+================
+
+A forest of ``T`` trees with ``N`` internal nodes and ``L`` leaves in total is six
+arrays (built by :func:`training.export.flatten_booster`, stored in ``.forest.npz``):
+
+``nodes``: ``NODE_DTYPE[N]`` (one aligned 24-byte record per internal node)
+    ``threshold`` float64
+        numerical split: go left iff ``x <= threshold`` (LightGBM's own float64
+        threshold, so the comparison of the float32 input widened to float64 is
+        exactly LightGBM's); categorical split: the index ``s`` of the node's
+        category set in ``cat_bounds`` (an integer stored as float64, as LightGBM
+        itself stores it).
+    ``feature`` int32
+        column of ``X`` the node tests.
+    ``left``, ``right`` int32
+        child reference: ``c >= 0`` is an internal node index into ``nodes``,
+        ``c < 0`` is the leaf ``~c`` (``= -c - 1``) in ``leaf_value``. Nodes are
+        numbered in pre-order, so every internal child index is larger than its
+        parent's (the loader checks this, which guarantees termination).
+    ``flags`` uint8
+        bits 0-1 missing type (``MISSING_NONE`` 0, ``MISSING_ZERO`` 1,
+        ``MISSING_NAN`` 2), bit 2 ``FLAG_DEFAULT_LEFT``, bit 3 ``FLAG_CATEGORICAL``.
+``cat_bounds``: int32[S + 1]
+    category set ``s`` is the bitset ``cat_bits[cat_bounds[s]:cat_bounds[s + 1]]``.
+``cat_bits``: uint32[W]
+    category ``c`` is in a set iff ``word = c // 32`` is inside the set and bit
+    ``c % 32`` of that word is 1.
+``roots``: int32[T]
+    the root reference of every tree, encoded like a child (a one-leaf tree has a
+    negative root).
+``leaf_value``: float64[L]
+    leaf outputs as LightGBM dumps them: shrinkage (learning rate) already applied
+    and the init score (``boost_from_average``) already folded into the first
+    tree's leaves, so no separate bias term exists.
+
+Plus two scalars: ``divisor`` (the number of trees for random-forest boosting,
+``average_output``; else 1.0) and ``transform`` (``TRANSFORM_*``, the objective's
+output conversion, with ``transform_param`` e.g. the sigmoid slope).
+
+Decision rules (LightGBM 4.x ``Tree::NumericalDecision`` / ``CategoricalDecision``),
+with ``v = float64(X[i, feature])``:
+
+* numerical: if ``v`` is NaN and missing type is not NaN, ``v = 0``. If (missing
+  type Zero and ``|v| <= 1e-35f``) or (missing type NaN and ``v`` is NaN): go to
+  the default child (left iff ``FLAG_DEFAULT_LEFT``). Else left iff ``v <= threshold``.
+  ``±inf`` compare as ordinary numbers (``+inf`` right, ``-inf`` left).
+* categorical: NaN goes right; ``c = int(v)`` truncated toward zero; ``c < 0`` (i.e.
+  ``v <= -1``) or ``v >= 2**31`` (LightGBM's int cast overflows to a negative
+  number there) goes right; else left iff ``c`` is in the node's set (unseen codes
+  beyond the bitset go right).
+
+Prediction: ``raw = (sum over trees t in order of leaf_value[leaf_t(x)]) / divisor``
+(accumulated in float64 in tree order, as LightGBM does), then
+``out = transform(raw)``: identity; ``exp(raw)`` (poisson, gamma, tweedie);
+``1 / (1 + exp(-transform_param * raw))`` (binary, cross-entropy); ``sign(raw) *
+raw**2`` (regression with ``reg_sqrt``).
+
+All kernels are pure: no I/O, no global state; callers allocate ``out`` (float64[n]).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+__all__ = [
+    "FLAG_CATEGORICAL",
+    "FLAG_DEFAULT_LEFT",
+    "MISSING_MASK",
+    "MISSING_NAN",
+    "MISSING_NONE",
+    "MISSING_ZERO",
+    "NODE_DTYPE",
+    "TRANSFORM_EXP",
+    "TRANSFORM_IDENTITY",
+    "TRANSFORM_SIGMOID",
+    "TRANSFORM_SQUARE",
+    "predict_forest",
+    "predict_forest_parallel",
+    "predict_forest_row",
+]
+
+MISSING_NONE = 0
+MISSING_ZERO = 1
+MISSING_NAN = 2
+MISSING_MASK = 3
+FLAG_DEFAULT_LEFT = 4
+FLAG_CATEGORICAL = 8
+
+TRANSFORM_IDENTITY = 0
+TRANSFORM_EXP = 1
+TRANSFORM_SIGMOID = 2
+TRANSFORM_SQUARE = 3
+
+#: One internal node; 24 bytes with alignment so that a node is one cache access.
+NODE_DTYPE = np.dtype(
+    [
+        ("threshold", np.float64),
+        ("feature", np.int32),
+        ("left", np.int32),
+        ("right", np.int32),
+        ("flags", np.uint8),
+    ],
+    align=True,
+)
+
+# LightGBM's kZeroThreshold is the float 1e-35f, compared after widening to double.
+_ZERO = float(np.float32(1e-35))
+_INT_LIMIT = 2147483648.0
+
+
+@njit(cache=True, inline="always")
+def _row_sum(
+    X: np.ndarray,
+    i: int,
+    nodes: np.ndarray,
+    cat_bounds: np.ndarray,
+    cat_bits: np.ndarray,
+    roots: np.ndarray,
+    leaf_value: np.ndarray,
+) -> float:
+    acc = 0.0
+    for t in range(roots.shape[0]):
+        node = roots[t]
+        while node >= 0:
+            nd = nodes[node]
+            v = np.float64(X[i, nd.feature])
+            flags = nd.flags
+            if flags & FLAG_CATEGORICAL:
+                go_left = False
+                if v > -1.0 and v < _INT_LIMIT:  # False for NaN and ±inf
+                    c = np.int64(v)
+                    s = np.int64(nd.threshold)
+                    lo = cat_bounds[s]
+                    word = c >> 5
+                    if word < cat_bounds[s + 1] - lo:
+                        go_left = (cat_bits[lo + word] >> np.uint32(c & 31)) & np.uint32(1) != 0
+            else:
+                mt = flags & MISSING_MASK
+                if np.isnan(v):
+                    if mt == MISSING_NAN:
+                        node = nd.left if flags & FLAG_DEFAULT_LEFT else nd.right
+                        continue
+                    v = 0.0
+                if mt == MISSING_ZERO and v >= -_ZERO and v <= _ZERO:
+                    go_left = flags & FLAG_DEFAULT_LEFT != 0
+                else:
+                    go_left = v <= nd.threshold
+            node = nd.left if go_left else nd.right
+        acc += leaf_value[-node - 1]
+    return acc
+
+
+@njit(cache=True, inline="always")
+def _finish(raw: float, divisor: float, transform: int, transform_param: float) -> float:
+    raw = raw / divisor
+    if transform == TRANSFORM_EXP:
+        return np.exp(raw)
+    if transform == TRANSFORM_SIGMOID:
+        return 1.0 / (1.0 + np.exp(-transform_param * raw))
+    if transform == TRANSFORM_SQUARE:
+        return raw * raw if raw >= 0.0 else -raw * raw
+    return raw
+
+
+@njit(cache=True)
+def predict_forest(
+    X: np.ndarray,
+    nodes: np.ndarray,
+    cat_bounds: np.ndarray,
+    cat_bits: np.ndarray,
+    roots: np.ndarray,
+    leaf_value: np.ndarray,
+    divisor: float,
+    transform: int,
+    transform_param: float,
+    out: np.ndarray,
+) -> None:
+    """Fill ``out[n]`` (float64) with the forest's prediction for every row of
+    ``X[n, F]`` (float32), one thread. Layout and formulas: module docstring."""
+    for i in range(X.shape[0]):
+        out[i] = _finish(
+            _row_sum(X, i, nodes, cat_bounds, cat_bits, roots, leaf_value),
+            divisor,
+            transform,
+            transform_param,
+        )
+
+
+@njit(cache=True, parallel=True)
+def predict_forest_parallel(
+    X: np.ndarray,
+    nodes: np.ndarray,
+    cat_bounds: np.ndarray,
+    cat_bits: np.ndarray,
+    roots: np.ndarray,
+    leaf_value: np.ndarray,
+    divisor: float,
+    transform: int,
+    transform_param: float,
+    out: np.ndarray,
+) -> None:
+    """:func:`predict_forest` with rows spread over numba's threads (``prange``);
+    results are identical (each row is summed in tree order by one thread)."""
+    for i in prange(X.shape[0]):
+        out[i] = _finish(
+            _row_sum(X, i, nodes, cat_bounds, cat_bits, roots, leaf_value),
+            divisor,
+            transform,
+            transform_param,
+        )
+
+
+@njit(cache=True)
+def predict_forest_row(
+    X: np.ndarray,
+    nodes: np.ndarray,
+    cat_bounds: np.ndarray,
+    cat_bits: np.ndarray,
+    roots: np.ndarray,
+    leaf_value: np.ndarray,
+    divisor: float,
+    transform: int,
+    transform_param: float,
+) -> float:
+    """The prediction for row 0 of ``X[1, F]``, returned as a float (no output
+    array to allocate: the single-request fast path)."""
+    return _finish(
+        _row_sum(X, 0, nodes, cat_bounds, cat_bits, roots, leaf_value),
+        divisor,
+        transform,
+        transform_param,
+    )

@@ -1,0 +1,360 @@
+"""The ``intellilog`` command line.
+
+Every command turns a product error (bad data, bad spec, missing model, ...) into one
+line on stderr and a non-zero exit; ``INTELLILOG_DEBUG=1`` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from kernels.errors import ConfigError, IntelliLogError
+from kernels.spec import FeatureSpec, load_spec
+
+__all__ = ["main"]
+
+EXIT_ERROR = 2
+EXIT_QUALITY = 3
+
+
+def _settings() -> Any:
+    from server.config import load_settings
+
+    return load_settings()
+
+
+def _registry(args: argparse.Namespace) -> Any:
+    from training.registry import Registry
+
+    root = args.registry or _settings().model_artifact_path
+    return Registry(root)
+
+
+def _spec(args: argparse.Namespace) -> FeatureSpec:
+    return load_spec(getattr(args, "spec", None))
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def _fraction(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    return v
+
+
+# ---- commands ----------------------------------------------------------------------------------
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from training.synth import generate, write_table
+
+    t0 = time.perf_counter()
+    table = generate(args.rows, seed=args.seed)
+    write_table(table, args.out)
+    print(
+        f"wrote {table.num_rows} deliveries to {args.out} in {time.perf_counter() - t0:.1f}s",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from training.quality import assess
+
+    from training.io import read_table
+
+    spec = _spec(args)
+    threshold = args.threshold if args.threshold is not None else _settings().quality_threshold
+    table = read_table(args.data, spec, need_target=True)
+    report = assess(table, spec, threshold=threshold, max_age_days=args.max_age_days)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report.format())
+    return 0 if report.passed else EXIT_QUALITY
+
+
+def _train_settings(args: argparse.Namespace) -> Any:
+    from training.train import TrainSettings
+
+    s = _settings()
+    return TrainSettings(
+        holdout_fraction=args.holdout_fraction,
+        accuracy_threshold=args.accuracy_threshold or s.accuracy_threshold_minutes,
+        quality_threshold=args.quality_threshold
+        if args.quality_threshold is not None
+        else s.quality_threshold,
+        max_rounds=args.max_rounds,
+        num_leaves=args.num_leaves,
+        seed=args.seed,
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from training.job import train_job
+
+    spec = _spec(args)
+    settings = _train_settings(args)
+    reg = _registry(args)
+    res = train_job(args.data, spec, reg, settings, promote=args.promote, dry_run=args.dry_run)
+    if args.json and res.metrics is not None:
+        print(json.dumps({"version": res.version, "metrics": res.metrics}, indent=2))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from server.models import load_model
+    from training.io import read_table, to_columns
+    from training.metrics import BaselineModel, interval_metrics, point_metrics
+    from training.train import metrics_table
+
+    reg = _registry(args)
+    model = load_model(reg, args.model, engine=args.engine, threads=0)
+    spec = model.pipe.spec
+    table = read_table(args.data, spec, need_target=True)
+    conv = to_columns(table, model.pipe, with_target=True)
+    if conv.n_valid == 0:
+        raise IntelliLogError(
+            f"{args.data}: no valid rows to evaluate ({len(conv.reject_rows)} refused)"
+        )
+    X = model.pipe.matrix(conv.columns)
+    eta, p10, p90 = model.predict(X)
+    y = conv.target
+    assert y is not None
+    thr = (
+        args.accuracy_threshold
+        or model.manifest["metrics"]["holdout"]["accuracy_threshold_minutes"]
+    )
+    b = model.manifest.get("baselines", {})
+    base = BaselineModel(b.get("median_minutes", 0.0), b.get("median_km_per_min", 0.0))
+    dist = X[:, 4].astype("float64")
+    t = conv.columns.utc
+    from datetime import UTC, datetime
+
+    metrics = {
+        "model_version": model.version,
+        "engine": model.engine_name,
+        "holdout": {
+            "rows": int(conv.n_valid),
+            "refused_rows": len(conv.reject_rows),
+            "from": datetime.fromtimestamp(int(t.min()), UTC).isoformat(),
+            "to": datetime.fromtimestamp(int(t.max()), UTC).isoformat(),
+            "accuracy_threshold_minutes": thr,
+        },
+        "model": {**point_metrics(y, eta, thr), **interval_metrics(y, p10, p90)},
+        "baselines": base.evaluate(dist, y, thr),
+    }
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        print(f"model {model.version} ({model.engine_name}) on {args.data}")
+        print(metrics_table(metrics))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    reg = _registry(args)
+    if args.action == "list":
+        aliases = reg.aliases()
+        by_version: dict[str, list[str]] = {}
+        for a, v in aliases.items():
+            by_version.setdefault(v, []).append(a)
+        versions = reg.versions()
+        if args.json:
+            print(json.dumps({"versions": versions, "aliases": aliases}, indent=2))
+            return 0
+        if not versions:
+            print(f"no models in {reg.root}: run `intellilog train --data FILE --promote`")
+            return 0
+        print(f"{'version':8} {'created':20} {'MAE':>6} {'±5min':>6} {'engines':24} aliases")
+        for v in versions:
+            m = reg.manifest(v)
+            met = m.get("metrics", {}).get("model", {})
+            eng = ",".join(sorted(m.get("engines", {})))
+            print(
+                f"{v:8} {m.get('created_at', '')[:19]:20} {met.get('mae', float('nan')):6.2f} "
+                f"{met.get('accuracy', float('nan')) * 100:5.1f}% {eng:24} {','.join(by_version.get(v, []))}"
+            )
+        return 0
+    if args.action == "show":
+        if not args.version:
+            raise ConfigError("models show needs a VERSION or alias")
+        m = reg.manifest(args.version)
+        if not args.full:
+            m = {k: v for k, v in m.items() if k not in ("reference", "files")}
+        print(json.dumps(m, indent=2))
+        return 0
+    if args.action == "promote":
+        if not args.version:
+            raise ConfigError("models promote needs a VERSION")
+        prev = reg.promote(args.version, args.alias)
+        print(f"{args.alias}: {prev or '(none)'} -> {reg.resolve(args.version)}")
+        return 0
+    if args.action == "rollback":
+        v = reg.rollback(args.alias)
+        print(f"{args.alias} rolled back to {v}")
+        return 0
+    if args.action == "history":
+        print(json.dumps(reg.history(args.alias), indent=2))
+        return 0
+    raise ConfigError(f"unknown models action {args.action!r}")
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from server.models import load_model
+    from server.score import score_file
+
+    reg = _registry(args)
+    spec = load_spec(args.spec) if args.spec else None
+    model = load_model(
+        reg, args.model, engine=args.engine or _settings().engine, threads=args.threads, spec=spec
+    )
+    report = score_file(
+        args.input,
+        args.out,
+        model,
+        rejects=args.rejects,
+        batch_rows=args.batch_rows,
+        progress=not args.quiet,
+    )
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report.format(), file=sys.stderr)
+    return 0
+
+
+# ---- parser ------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="intellilog", description="Delivery-ETA prediction: data, training, registry, scoring."
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def reg_opt(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--registry", help="model registry folder (default: $MODEL_ARTIFACT_PATH or ./models)"
+        )
+
+    g = sub.add_parser("generate", help="write a synthetic delivery dataset")
+    g.add_argument("--rows", type=_positive_int, default=100_000)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--out", required=True, help="FILE.parquet or FILE.csv")
+    g.set_defaults(fn=cmd_generate)
+
+    v = sub.add_parser("validate", help="score a dataset's quality 0-100")
+    v.add_argument("--data", required=True)
+    v.add_argument("--spec", help="feature spec TOML (default: the delivery spec)")
+    v.add_argument("--threshold", type=float, help="pass mark (default: $QUALITY_THRESHOLD or 80)")
+    v.add_argument("--max-age-days", type=float, help="also fail data whose latest event is older")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(fn=cmd_validate)
+
+    t = sub.add_parser("train", help="train, check and register a model")
+    t.add_argument("--data", required=True)
+    t.add_argument("--spec")
+    reg_opt(t)
+    t.add_argument(
+        "--holdout-fraction",
+        type=_fraction,
+        default=0.2,
+        help="latest share of rows held out (default 0.2)",
+    )
+    t.add_argument(
+        "--accuracy-threshold", type=float, help="minutes for the accuracy metric (default 5)"
+    )
+    t.add_argument(
+        "--quality-threshold", type=float, help="refuse data scoring below this (default 80)"
+    )
+    t.add_argument("--max-rounds", type=_positive_int, default=1500)
+    t.add_argument("--num-leaves", type=_positive_int, default=63)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--promote", action="store_true", help="make the new model the production model")
+    t.add_argument(
+        "--dry-run", action="store_true", help="check spec, data and settings; train nothing"
+    )
+    t.add_argument("--json", action="store_true", help="print the metrics as JSON on stdout")
+    t.set_defaults(fn=cmd_train)
+
+    e = sub.add_parser("evaluate", help="metrics of a registered model on a file")
+    e.add_argument("--data", required=True)
+    e.add_argument("--model", default="production", help="version or alias (default production)")
+    e.add_argument("--engine", default="lightgbm", choices=["onnx", "numba", "lightgbm"])
+    e.add_argument("--accuracy-threshold", type=float)
+    reg_opt(e)
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(fn=cmd_evaluate)
+
+    m = sub.add_parser("models", help="list, show, promote, roll back models")
+    m.add_argument("action", choices=["list", "show", "promote", "rollback", "history"])
+    m.add_argument("version", nargs="?")
+    m.add_argument("--alias", default="production")
+    m.add_argument("--full", action="store_true", help="show: include histograms and checksums")
+    m.add_argument("--json", action="store_true")
+    reg_opt(m)
+    m.set_defaults(fn=cmd_models)
+
+    s = sub.add_parser("score", help="score a file of deliveries")
+    s.add_argument("input", help="IN.parquet or IN.csv")
+    s.add_argument("--out", required=True, help="OUT.parquet or OUT.csv")
+    s.add_argument("--model", default="production", help="version or alias (default production)")
+    s.add_argument(
+        "--engine",
+        choices=["onnx", "numba", "lightgbm"],
+        help="default: $INTELLILOG_ENGINE or onnx",
+    )
+    s.add_argument("--spec", help="check the model was trained with this spec")
+    s.add_argument("--rejects", help="reject file (default: OUT.rejects.csv)")
+    s.add_argument("--batch-rows", type=_positive_int, default=131_072)
+    s.add_argument("--threads", type=int, default=0, help="engine threads (0: all cores)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    reg_opt(s)
+    s.set_defaults(fn=cmd_score)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = os.environ.get("INTELLILOG_DEBUG", "") not in ("", "0")
+    try:
+        return int(args.fn(args))
+    except IntelliLogError as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: still one line, with the way to see more
+        if debug:
+            raise
+        print(
+            f"internal error: {type(exc).__name__}: {exc} (set INTELLILOG_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

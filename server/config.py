@@ -1,0 +1,128 @@
+"""Typed settings read from environment variables (and a ``.env`` file).
+
+Validated once at start-up; a bad value raises ConfigError naming the variable,
+the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from kernels.errors import ConfigError
+
+__all__ = ["ENGINES", "Settings", "load_dotenv", "load_settings"]
+
+ENGINES = ("onnx", "numba", "lightgbm", "hummingbird")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclass(frozen=True)
+class Settings:
+    environment: str = "development"  # development | production | test
+    tenant_id: str = "default"
+    database_url: str = "sqlite:///./intellilog.db"
+    model_artifact_path: str = "./models"
+    engine: str = "onnx"
+    allow_gpu: bool = True
+    enable_drift_detection: bool = True
+    enable_ab_testing: bool = False
+    quality_threshold: float = 80.0
+    accuracy_threshold_minutes: float = 5.0
+    log_level: str = "INFO"
+
+    @property
+    def registry_path(self) -> Path:
+        return Path(self.model_artifact_path)
+
+
+_ENV = {
+    "environment": "ENVIRONMENT",
+    "tenant_id": "TENANT_ID",
+    "database_url": "DATABASE_URL",
+    "model_artifact_path": "MODEL_ARTIFACT_PATH",
+    "engine": "INTELLILOG_ENGINE",
+    "allow_gpu": "INTELLILOG_ALLOW_GPU",
+    "enable_drift_detection": "ENABLE_DRIFT_DETECTION",
+    "enable_ab_testing": "ENABLE_AB_TESTING",
+    "quality_threshold": "QUALITY_THRESHOLD",
+    "accuracy_threshold_minutes": "ACCURACY_THRESHOLD_MINUTES",
+    "log_level": "LOG_LEVEL",
+}
+
+
+def load_dotenv(path: str | Path = ".env") -> dict[str, str]:
+    """KEY=VALUE lines of a .env file (comments and blank lines skipped; quotes stripped)."""
+    p = Path(path)
+    out: dict[str, str] = {}
+    if not p.is_file():
+        return out
+    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        s = line.strip()
+        if not s or s.startswith("#"):
+            continue
+        if s.startswith("export "):
+            s = s[7:]
+        key, sep, val = s.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{p}:{n}: expected KEY=VALUE, got {line!r}")
+        out[key.strip()] = val.strip().strip("'\"")
+    return out
+
+
+def _convert(name: str, var: str, raw: str, default: Any) -> Any:
+    if isinstance(default, bool):
+        v = raw.strip().lower()
+        if v in _TRUE:
+            return True
+        if v in _FALSE:
+            return False
+        raise ConfigError(f"{var}={raw!r}: expected true or false")
+    if isinstance(default, float):
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"{var}={raw!r}: expected a number") from None
+    return raw.strip()
+
+
+def load_settings(
+    env: Mapping[str, str] | None = None, dotenv: str | Path | None = ".env"
+) -> Settings:
+    """Settings from ``env`` (default: os.environ) over the .env file over defaults."""
+    merged: dict[str, str] = {}
+    if dotenv is not None:
+        merged.update(load_dotenv(dotenv))
+    merged.update(os.environ if env is None else env)
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        var = _ENV[f.name]
+        if var in merged:
+            values[f.name] = _convert(f.name, var, merged[var], f.default)
+    s = Settings(**values)
+    if s.environment not in ("development", "production", "test"):
+        raise ConfigError(f"ENVIRONMENT={s.environment!r}: use development, production or test")
+    if s.engine not in ENGINES:
+        raise ConfigError(f"INTELLILOG_ENGINE={s.engine!r}: use one of {', '.join(ENGINES)}")
+    if not 0 <= s.quality_threshold <= 100:
+        raise ConfigError(f"QUALITY_THRESHOLD={s.quality_threshold!r}: must be within [0, 100]")
+    if not s.accuracy_threshold_minutes > 0:
+        raise ConfigError(
+            f"ACCURACY_THRESHOLD_MINUTES={s.accuracy_threshold_minutes!r}: must be > 0"
+        )
+    if not (
+        s.database_url.startswith("sqlite:")
+        or s.database_url.startswith(("postgresql://", "postgres://"))
+    ):
+        raise ConfigError(
+            f"DATABASE_URL={s.database_url!r}: use sqlite:///PATH or postgresql://..."
+        )
+    if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(f"LOG_LEVEL={s.log_level!r}: use DEBUG, INFO, WARNING or ERROR")
+    if not s.tenant_id:
+        raise ConfigError("TENANT_ID is empty")
+    return s

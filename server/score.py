@@ -1,0 +1,214 @@
+"""Batch scoring: a file of deliveries in, ETAs out, in bounded memory.
+
+Reads in batches, validates every row (refused rows go to a reject file with their
+reason, never dropped silently), computes features with the same kernels as the
+server, predicts with the chosen engine and streams the result to Parquet or CSV.
+Reading and converting the next batch overlaps with predicting the current one.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from kernels.errors import DataError
+from server.models import LoadedModel
+from training.io import Converted, file_format, iter_batches, to_columns
+
+__all__ = ["ScoreReport", "default_reject_path", "score_file"]
+
+
+@dataclass
+class ScoreReport:
+    rows_in: int
+    rows_scored: int
+    rows_rejected: int
+    seconds: float
+    engine_seconds: float
+    peak_rss_mb: float
+    model_version: str
+    engine: str
+    device: str
+    out: str
+    rejects: str | None
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows_in / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def engine_rows_per_s(self) -> float:
+        return self.rows_scored / self.engine_seconds if self.engine_seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["rows_per_s"] = round(self.rows_per_s, 1)
+        d["engine_rows_per_s"] = round(self.engine_rows_per_s, 1)
+        return d
+
+    def format(self) -> str:
+        rej = f", {self.rows_rejected} rejected -> {self.rejects}" if self.rows_rejected else ""
+        return (
+            f"scored {self.rows_scored} of {self.rows_in} rows with model {self.model_version} "
+            f"({self.engine} on {self.device}) in {self.seconds:.2f}s: {self.rows_per_s:,.0f} rows/s "
+            f"end to end, engine {self.engine_rows_per_s:,.0f} rows/s; peak RSS {self.peak_rss_mb:.0f} MB"
+            f"{rej}\n  -> {self.out}"
+        )
+
+
+def default_reject_path(out: Path) -> Path:
+    return out.with_name(out.stem + ".rejects.csv")
+
+
+class _Writer:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fmt = file_format(path)
+        self._w: Any = None
+
+    def write(self, table: pa.Table) -> None:
+        if self._w is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                if self.fmt == "parquet":
+                    self._w = pq.ParquetWriter(self.path, table.schema)
+                else:
+                    self._w = pacsv.CSVWriter(self.path, table.schema)
+            except OSError as exc:
+                raise DataError(f"{self.path}: cannot write: {exc.strerror or exc}") from None
+        self._w.write_table(table)
+
+    def close(self) -> None:
+        if self._w is not None:
+            self._w.close()
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def score_file(
+    src: str | Path,
+    dst: str | Path,
+    model: LoadedModel,
+    rejects: str | Path | None = None,
+    batch_rows: int = 131_072,
+    progress: bool = True,
+    err: TextIO = sys.stderr,
+) -> ScoreReport:
+    src, dst = Path(src), Path(dst)
+    file_format(dst)
+    if src.resolve() == dst.resolve():
+        raise DataError(f"{dst}: the output would overwrite the input")
+    rej_path = Path(rejects) if rejects is not None else default_reject_path(dst)
+    spec = model.pipe.spec
+    total = (
+        pq.ParquetFile(src).metadata.num_rows
+        if file_format(src) == "parquet" and src.is_file()
+        else None
+    )
+    bar: Any = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(
+            total=total, unit="rows", unit_scale=True, file=err, desc="scoring", mininterval=0.5
+        )
+
+    def converted() -> Iterator[tuple[pa.Table, Converted]]:
+        for table in iter_batches(src, spec, batch_rows=batch_rows):
+            yield table, to_columns(table, model.pipe)
+
+    out = _Writer(dst)
+    rej = _Writer(rej_path)
+    t0 = time.perf_counter()
+    engine_s = 0.0
+    rows_in = scored = rejected = 0
+    first_row = 0
+    # prefetch the next batch (arrow I/O and conversion release the GIL) while predicting
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        it = converted()
+        fut = pool.submit(next, it, None)
+        try:
+            while True:
+                item = fut.result()
+                if item is None:
+                    break
+                fut = pool.submit(next, it, None)
+                table, conv = item
+                n = table.num_rows
+                key = spec.key if spec.key in table.column_names else None
+                if conv.n_valid:
+                    X = model.pipe.matrix(conv.columns)
+                    te = time.perf_counter()
+                    eta, p10, p90 = model.predict(X)
+                    engine_s += time.perf_counter() - te
+                    idx = np.flatnonzero(conv.valid)
+                    cols: dict[str, Any] = {}
+                    if key:
+                        cols[key] = table.column(key).take(pa.array(idx))
+                    else:
+                        cols["row"] = pa.array(idx + first_row, pa.int64())
+                    cols["eta_minutes"] = pa.array(eta, pa.float64())
+                    cols["eta_p10"] = pa.array(p10, pa.float64())
+                    cols["eta_p90"] = pa.array(p90, pa.float64())
+                    cols["model_version"] = pa.array([model.version] * len(idx), pa.string())
+                    out.write(pa.table(cols))
+                if len(conv.reject_rows):
+                    r = conv.reject_rows
+                    rcols: dict[str, Any] = {"row": pa.array(r + first_row, pa.int64())}
+                    if key:
+                        rcols[key] = table.column(key).take(pa.array(r)).cast(pa.string())
+                    rcols["reason"] = pa.array(conv.reject_reasons, pa.string())
+                    rej.write(pa.table(rcols))
+                rows_in += n
+                scored += conv.n_valid
+                rejected += len(conv.reject_rows)
+                first_row += n
+                if bar is not None:
+                    bar.update(n)
+        finally:
+            fut.cancel()
+            out.close()
+            rej.close()
+            if bar is not None:
+                bar.close()
+    if scored == 0 and rows_in > 0:
+        # still write an empty, well-formed output so downstream jobs see the schema
+        out = _Writer(dst)
+        out.write(
+            pa.table(
+                {
+                    "row": pa.array([], pa.int64()),
+                    "eta_minutes": pa.array([], pa.float64()),
+                    "eta_p10": pa.array([], pa.float64()),
+                    "eta_p90": pa.array([], pa.float64()),
+                    "model_version": pa.array([], pa.string()),
+                }
+            )
+        )
+        out.close()
+    return ScoreReport(
+        rows_in=rows_in,
+        rows_scored=scored,
+        rows_rejected=rejected,
+        seconds=time.perf_counter() - t0,
+        engine_seconds=engine_s,
+        peak_rss_mb=_peak_rss_mb(),
+        model_version=model.version,
+        engine=model.engine_name,
+        device=model.device,
+        out=str(dst),
+        rejects=str(rej_path) if rejected else None,
+    )

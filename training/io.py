@@ -1,0 +1,441 @@
+"""Reading delivery files (CSV or Parquet) into kernel columns, row by row validated.
+
+Every row either becomes part of the :class:`~kernels.features.Columns` batch or is
+reported with the reason it was refused: nothing is dropped silently. Files are read
+in bounded batches so a file larger than memory can be scored.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from kernels.errors import DataError
+from kernels.features import Columns, Pipeline
+from kernels.spec import EPOCH_MAX, EPOCH_MIN, FeatureSpec
+from kernels.timefeat import NO_OFFSET, fill_zone_offsets, parse_iso8601, resolve_offsets
+
+__all__ = [
+    "Converted",
+    "file_format",
+    "iter_batches",
+    "learn_levels",
+    "read_table",
+    "to_columns",
+    "write_table",
+]
+
+_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
+#: Longest plausible delivery; longer targets are refused as impossible.
+MAX_TARGET_MINUTES = 24 * 60.0
+
+
+def file_format(path: str | Path) -> str:
+    fmt = _FORMATS.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise DataError(f"{path}: unsupported file type (use .parquet or .csv)")
+    return fmt
+
+
+def _check_readable(path: Path) -> None:
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not a file")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: file is empty")
+
+
+def _csv_convert(spec: FeatureSpec, names: Sequence[str]) -> pacsv.ConvertOptions:
+    # Spec columns are read as text and converted tolerantly here, so one bad value
+    # becomes one rejected row instead of a failed file.
+    wanted = {spec.key, spec.target, *spec.input_columns}
+    return pacsv.ConvertOptions(
+        column_types={c: pa.string() for c in names if c in wanted},
+        strings_can_be_null=True,
+        include_columns=[c for c in names if c in wanted],
+    )
+
+
+def _csv_header(path: Path) -> list[str]:
+    with path.open("rb") as f:
+        first = f.readline().decode("utf-8", "replace").strip()
+    if not first:
+        raise DataError(f"{path}: no header line")
+    return [c.strip().strip('"') for c in first.split(",")]
+
+
+def _check_columns(path: Path, names: Sequence[str], spec: FeatureSpec, need_target: bool) -> None:
+    need = list(spec.required_columns) + ([spec.target] if need_target else [])
+    missing = [c for c in need if c not in names]
+    if missing:
+        raise DataError(
+            f"{path}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+            f"(spec {spec.name!r} needs {', '.join(need)})"
+        )
+
+
+def read_table(path: str | Path, spec: FeatureSpec, need_target: bool = True) -> pa.Table:
+    """Read a whole file (training, validation). Errors are one-line DataErrors."""
+    p = Path(path)
+    fmt = file_format(p)
+    _check_readable(p)
+    try:
+        if fmt == "parquet":
+            schema = pq.read_schema(p)
+            _check_columns(p, schema.names, spec, need_target)
+            table = pq.read_table(p)
+        else:
+            names = _csv_header(p)
+            _check_columns(p, names, spec, need_target)
+            table = pacsv.read_csv(p, convert_options=_csv_convert(spec, names))
+    except DataError:
+        raise
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
+        raise DataError(f"{p}: cannot read {fmt}: {str(exc).splitlines()[0]}") from None
+    if table.num_rows == 0:
+        raise DataError(f"{p}: no rows")
+    return table
+
+
+def iter_batches(
+    path: str | Path, spec: FeatureSpec, batch_rows: int = 262_144, need_target: bool = False
+) -> Iterator[pa.Table]:
+    """Stream a file in tables of about ``batch_rows`` rows (bounded memory)."""
+    p = Path(path)
+    fmt = file_format(p)
+    _check_readable(p)
+    rows = 0
+    try:
+        if fmt == "parquet":
+            pf = pq.ParquetFile(p)
+            names = pf.schema_arrow.names
+            _check_columns(p, names, spec, need_target)
+            for rb in pf.iter_batches(batch_size=batch_rows):
+                rows += rb.num_rows
+                yield pa.Table.from_batches([rb])
+        else:
+            names = _csv_header(p)
+            _check_columns(p, names, spec, need_target)
+            # ~100 bytes a row: a block of batch_rows * 100 bytes
+            reader = pacsv.open_csv(
+                p,
+                read_options=pacsv.ReadOptions(block_size=max(1 << 20, batch_rows * 100)),
+                convert_options=_csv_convert(spec, names),
+            )
+            for rb in reader:
+                rows += rb.num_rows
+                yield pa.Table.from_batches([rb])
+    except DataError:
+        raise
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
+        raise DataError(f"{p}: cannot read {fmt}: {str(exc).splitlines()[0]}") from None
+    if rows == 0:
+        raise DataError(f"{p}: no rows")
+
+
+def write_table(table: pa.Table, path: str | Path) -> None:
+    p = Path(path)
+    fmt = file_format(p)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if fmt == "parquet":
+            pq.write_table(table, p)
+        else:
+            pacsv.write_csv(table, p)
+    except OSError as exc:
+        raise DataError(f"{p}: cannot write: {exc.strerror or exc}") from None
+
+
+# ---- conversion ------------------------------------------------------------------------------
+
+
+@dataclass
+class Converted:
+    """Valid rows as kernel columns, plus every refused row with its reason."""
+
+    columns: Columns
+    valid: np.ndarray  # bool [n_input]
+    reject_rows: np.ndarray  # int64 indices into the input table
+    reject_reasons: list[str]
+    target: np.ndarray | None = None  # float64 [n_valid] when requested
+    checks: dict[str, int] = field(default_factory=dict)  # refused-row counts per check
+
+    @property
+    def n_valid(self) -> int:
+        return len(self.columns)
+
+
+class _Reasons:
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.bad = np.zeros(n, dtype=bool)
+        self.parts: dict[int, list[str]] = {}
+        self.checks: dict[str, int] = {}
+
+    def add(self, mask: np.ndarray, check: str, text: str | Sequence[str]) -> None:
+        idx = np.flatnonzero(mask)
+        if idx.size == 0:
+            return
+        self.checks[check] = self.checks.get(check, 0) + int(idx.size)
+        self.bad[idx] = True
+        for j, i in enumerate(idx.tolist()):
+            self.parts.setdefault(i, []).append(text if isinstance(text, str) else text[j])
+
+
+def _value_repr(v: object) -> str:
+    s = repr(v)
+    return s if len(s) <= 40 else s[:37] + "..."
+
+
+def _as_float(col: pa.ChunkedArray | pa.Array, name: str, r: _Reasons) -> np.ndarray:
+    """float64 values, NaN where missing; unparsable values are refused with the text."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if (
+        pa.types.is_floating(arr.type)
+        or pa.types.is_integer(arr.type)
+        or pa.types.is_boolean(arr.type)
+    ):
+        return np.asarray(arr.cast(pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+    if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+        trimmed = pc.utf8_trim_whitespace(arr)
+        empty = pc.equal(trimmed, "")
+        trimmed = pc.if_else(empty, pa.scalar(None, pa.string()), trimmed)
+        try:
+            return np.asarray(
+                trimmed.cast(pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64
+            )
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+        # slow path, only for dirty columns: find the values that are not numbers
+        out = np.full(len(arr), np.nan)
+        bad = np.zeros(len(arr), dtype=bool)
+        texts = []
+        for i, v in enumerate(trimmed.to_pylist()):
+            if v is None:
+                continue
+            try:
+                out[i] = float(v)
+            except ValueError:
+                bad[i] = True
+                texts.append(f"{name}: not a number ({_value_repr(v)})")
+        r.add(bad, "type", texts)
+        return out
+    raise DataError(f"column {name!r} has type {arr.type}, expected numbers")
+
+
+def _times(
+    col: pa.ChunkedArray, name: str, pipe: Pipeline, r: _Reasons
+) -> tuple[np.ndarray, np.ndarray]:
+    arr = col.combine_chunks()
+    n = len(arr)
+    utc = np.zeros(n, dtype=np.int64)
+    off = np.full(n, NO_OFFSET, dtype=np.int32)
+    missing = np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    t = arr.type
+    if pa.types.is_timestamp(t):
+        secs = np.asarray(
+            pc.cast(arr.cast(pa.timestamp("s", tz=t.tz)), pa.int64()).fill_null(0).to_numpy(),
+            dtype=np.int64,
+        )
+        if t.tz is None:  # naive: wall clock of the spec's zone
+            utc[:] = secs
+            resolve_offsets(utc, off, pipe.zone_starts, pipe.zone_offsets)
+        else:
+            utc[:] = secs
+            fill_zone_offsets(utc, off, pipe.zone_starts, pipe.zone_offsets)
+        bad_fmt = np.zeros(n, dtype=bool)
+    elif pa.types.is_integer(t) or pa.types.is_floating(t):
+        vals = np.asarray(arr.cast(pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+        finite = np.isfinite(vals)
+        utc[finite] = vals[finite].astype(np.int64)
+        fill_zone_offsets(utc, off, pipe.zone_starts, pipe.zone_offsets)
+        bad_fmt = ~finite & ~missing
+    elif pa.types.is_string(t) or pa.types.is_large_string(t):
+        if pa.types.is_string(t):
+            arr = arr.cast(pa.large_string())
+        bufs = arr.buffers()
+        offsets = np.frombuffer(bufs[1], dtype=np.int64)[arr.offset : arr.offset + n + 1]
+        data = (
+            np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(1, np.uint8)
+        )
+        ok = np.empty(n, dtype=np.bool_)
+        parse_iso8601(data, offsets, utc, off, ok)
+        resolve_offsets(utc, off, pipe.zone_starts, pipe.zone_offsets)
+        bad_fmt = ~ok & ~missing
+        if bad_fmt.any():  # epoch seconds written as text?
+            idx = np.flatnonzero(bad_fmt)
+            for i in idx.tolist():
+                try:
+                    v = float(arr[i].as_py())
+                except (TypeError, ValueError):
+                    continue
+                if math.isfinite(v):
+                    utc[i] = int(v)
+                    bad_fmt[i] = False
+            fixed = idx[~bad_fmt[idx]]
+            if fixed.size:
+                o = np.empty(fixed.size, dtype=np.int32)
+                fill_zone_offsets(utc[fixed], o, pipe.zone_starts, pipe.zone_offsets)
+                off[fixed] = o
+    else:
+        raise DataError(
+            f"column {name!r} has type {t}, expected ISO 8601 text, a timestamp or epoch seconds"
+        )
+    if bad_fmt.any():
+        texts = [
+            f"{name}: not an ISO 8601 time or epoch seconds ({_value_repr(arr[i].as_py())})"
+            for i in np.flatnonzero(bad_fmt).tolist()
+        ]
+        r.add(bad_fmt, "type", texts)
+    r.add(missing, "missing", f"{name}: missing")
+    oor = ~missing & ~bad_fmt & ((utc < EPOCH_MIN) | (utc > EPOCH_MAX))
+    r.add(oor, "range", f"{name}: outside 1970..2100")
+    return utc, off
+
+
+def _bounded(
+    vals: np.ndarray, name: str, lo: float, hi: float, r: _Reasons, optional: bool = False
+) -> None:
+    nan = np.isnan(vals)
+    if not optional:
+        r.add(nan & ~r.bad, "missing", f"{name}: missing")
+    with np.errstate(invalid="ignore"):
+        oor = ~nan & ((vals < lo) | (vals > hi))
+    if oor.any():
+        idx = np.flatnonzero(oor)
+        r.add(oor, "range", [f"{name}: {vals[i]:g} outside [{lo:g}, {hi:g}]" for i in idx.tolist()])
+
+
+def _strings(col: pa.ChunkedArray) -> pa.Array:
+    arr = col.combine_chunks()
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        arr = arr.cast(pa.string())
+    return pc.utf8_trim_whitespace(arr)
+
+
+def to_columns(table: pa.Table, pipe: Pipeline, with_target: bool = False) -> Converted:
+    """Validate and convert a table into kernel columns (valid rows only)."""
+    spec = pipe.spec
+    n = table.num_rows
+    r = _Reasons(n)
+    names = set(table.column_names)
+
+    def col(name: str) -> pa.ChunkedArray:
+        if name not in names:
+            raise DataError(f"missing column {name}")
+        return table.column(name)
+
+    geo = []
+    for name, lo, hi in (
+        (spec.pickup_lat, -90.0, 90.0),
+        (spec.pickup_lon, -180.0, 180.0),
+        (spec.dropoff_lat, -90.0, 90.0),
+        (spec.dropoff_lon, -180.0, 180.0),
+    ):
+        v = _as_float(col(name), name, r)
+        _bounded(v, name, lo, hi, r)
+        geo.append(v)
+    utc, off = _times(col(spec.event_time), spec.event_time, pipe, r)
+
+    cats = np.empty((n, len(spec.categorical)), dtype=np.int32)
+    for k, c in enumerate(spec.categorical):
+        arr = _strings(col(c.name))
+        levels = pipe.levels[c.name]
+        codes = pc.index_in(arr, value_set=pa.array(levels, pa.string()))
+        cats[:, k] = np.asarray(
+            codes.fill_null(len(levels)).to_numpy(zero_copy_only=False), dtype=np.int32
+        )
+        nulls = np.asarray(
+            pc.or_(arr.is_null(), pc.equal(arr, "")).fill_null(True).to_numpy(zero_copy_only=False),
+            dtype=bool,
+        )
+        r.add(nulls, "missing", f"{c.name}: missing")
+        if c.reject_unknown:
+            unk = (cats[:, k] == len(levels)) & ~nulls
+            if unk.any():
+                vals = arr.to_pylist()
+                r.add(
+                    unk,
+                    "range",
+                    [
+                        f"{c.name}: unknown level {_value_repr(vals[i])} (known: {', '.join(levels)})"
+                        for i in np.flatnonzero(unk).tolist()
+                    ],
+                )
+
+    nums = np.empty((n, len(spec.numeric)), dtype=np.float64)
+    for k, nm in enumerate(spec.numeric):
+        if nm.name in names:
+            v = _as_float(col(nm.name), nm.name, r)
+        elif nm.optional:
+            v = np.full(n, np.nan)
+        else:
+            raise DataError(f"missing column {nm.name}")
+        _bounded(v, nm.name, nm.min, nm.max, r, optional=nm.optional)
+        nums[:, k] = v
+
+    target = None
+    if with_target:
+        t = _as_float(col(spec.target), spec.target, r)
+        tn = np.isnan(t)
+        r.add(tn & ~r.bad, "missing", f"{spec.target}: missing")
+        with np.errstate(invalid="ignore"):
+            imp = ~tn & ((t <= 0) | (t > MAX_TARGET_MINUTES) | ~np.isfinite(t))
+        r.add(
+            imp,
+            "impossible",
+            f"{spec.target}: not a duration in (0, {MAX_TARGET_MINUTES:g}] minutes",
+        )
+        target = t
+
+    valid = ~r.bad
+    idx = np.flatnonzero(valid)
+    full = Columns(geo[0], geo[1], geo[2], geo[3], utc, off, cats, nums)
+    cols = full if idx.size == n else full.take(idx)
+    rej = np.flatnonzero(r.bad)
+    reasons = ["; ".join(r.parts[i]) for i in rej.tolist()]
+    return Converted(
+        columns=cols,
+        valid=valid,
+        reject_rows=rej.astype(np.int64),
+        reject_reasons=reasons,
+        target=None if target is None else target[idx],
+        checks=r.checks,
+    )
+
+
+def learn_levels(
+    table: pa.Table, spec: FeatureSpec, min_count: int = 5, max_levels: int = 1000
+) -> dict[str, tuple[str, ...]]:
+    """Levels of every categorical: declared ones as they are; learned ones from the data.
+
+    A learned level needs ``min_count`` rows (rarer values train the 'unknown' level),
+    at most ``max_levels`` kept, most frequent first.
+    """
+    out: dict[str, tuple[str, ...]] = {}
+    for c in spec.categorical:
+        if not c.learned:
+            out[c.name] = c.levels
+            continue
+        arr = _strings(table.column(c.name)).drop_null()
+        counts = pc.value_counts(arr)
+        vals = counts.field("values").to_pylist()
+        cnts = counts.field("counts").to_numpy()
+        order = np.argsort(-cnts, kind="stable")
+        kept = [vals[i] for i in order if cnts[i] >= min_count and vals[i]][:max_levels]
+        if not kept:
+            raise DataError(
+                f"categorical {c.name!r} learns its levels from the data, but no value occurs "
+                f"at least {min_count} times"
+            )
+        out[c.name] = tuple(kept)
+    return out

@@ -1,0 +1,120 @@
+"""The train job: data → quality gate → features → models → engines → registry."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from kernels.errors import DataError
+from kernels.spec import FeatureSpec
+from training import __version__
+from training.drift import reference_histograms
+from training.export import export_engines, parity_rows
+from training.io import read_table
+from training.quality import QualityReport, assess
+from training.registry import Registry
+from training.train import TrainSettings, fit_models, metrics_table, prepare, settings_dict
+
+__all__ = ["TrainOutcome", "file_digest", "train_job"]
+
+
+@dataclass
+class TrainOutcome:
+    version: str | None
+    metrics: dict[str, Any] | None
+    quality: QualityReport
+    promoted: bool
+    seconds: float
+
+
+def file_digest(path: Path, limit: int = 1 << 30) -> str:
+    """sha256 of a data file (first ``limit`` bytes for huge files), for the manifest."""
+    h = hashlib.sha256()
+    left = limit
+    with path.open("rb") as f:
+        while left > 0 and (chunk := f.read(min(1 << 20, left))):
+            h.update(chunk)
+            left -= len(chunk)
+    return h.hexdigest()
+
+
+def train_job(
+    data: str | Path,
+    spec: FeatureSpec,
+    registry: Registry,
+    settings: TrainSettings,
+    promote: bool = False,
+    dry_run: bool = False,
+    out: TextIO = sys.stderr,
+) -> TrainOutcome:
+    t0 = time.perf_counter()
+    settings.validate()
+    path = Path(data)
+    out.write(f"reading {path}\n")
+    table = read_table(path, spec, need_target=True)
+    quality = assess(table, spec, threshold=settings.quality_threshold)
+    out.write(quality.format() + "\n")
+    if not quality.passed:
+        names = ", ".join(f"{c.name} ({c.score:.0f})" for c in quality.failing()) or "overall"
+        raise DataError(
+            f"data quality {quality.score:.1f} is below the threshold {settings.quality_threshold:g}: "
+            f"failing checks: {names} (run `intellilog validate --data {path}` for details)"
+        )
+    prep = prepare(table, spec, settings)
+    rej = len(prep.converted.reject_rows)
+    out.write(
+        f"{prep.converted.n_valid} valid rows ({rej} refused), {prep.X.shape[1]} features; "
+        f"train {len(prep.train_idx)}, early-stopping {len(prep.valid_idx)}, holdout {len(prep.holdout_idx)}\n"
+    )
+    if dry_run:
+        out.write("dry run: spec, data and settings are fine; nothing trained\n")
+        return TrainOutcome(None, None, quality, False, time.perf_counter() - t0)
+    res = fit_models(prep, settings, out)
+    out.write(metrics_table(res.metrics) + "\n")
+    staging = registry.stage()
+    rng = np.random.default_rng(settings.seed)
+    ho = prep.X[prep.holdout_idx]
+    check = parity_rows(ho[rng.permutation(len(ho))[:2000]], rng)
+    out.write(f"compiling engines and checking them against LightGBM on {len(check)} rows\n")
+    engines = export_engines(
+        res.boosters, check, staging, categorical=list(spec.categorical_feature_indices)
+    )
+    trainX = prep.X[np.concatenate([prep.train_idx, prep.valid_idx])]
+    manifest: dict[str, Any] = {
+        "intellilog": __version__,
+        "spec": spec.to_dict(),
+        "spec_hash": spec.hash,
+        "levels": {k: list(v) for k, v in prep.pipe.levels.items()},
+        "feature_names": list(spec.feature_names),
+        "metrics": res.metrics,
+        "baselines": res.baselines.to_dict(),
+        "engines": engines,
+        "best_iterations": res.best_iterations,
+        "settings": settings_dict(settings),
+        "params": res.params,
+        "data": {
+            "path": str(path),
+            "sha256": file_digest(path),
+            "rows": table.num_rows,
+            "valid_rows": prep.converted.n_valid,
+            "quality": quality.score,
+            "train_from": prep.time_range(prep.train_idx)[0],
+            "train_to": prep.time_range(prep.valid_idx)[1],
+        },
+        "reference": reference_histograms(
+            trainX, list(spec.feature_names), categorical=list(spec.categorical_feature_indices)
+        ),
+        "train_seconds": round(res.seconds, 2),
+    }
+    version = registry.publish(staging, manifest)
+    out.write(f"registered model {version} in {registry.root}\n")
+    if promote:
+        registry.promote(version, "production")
+        out.write(f"promoted {version} to production\n")
+    return TrainOutcome(version, res.metrics, quality, promote, time.perf_counter() - t0)
