@@ -1,0 +1,37 @@
+# The two commands of the README:  `make demo`  and  `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+ROWS ?= 200000
+export MODEL_ARTIFACT_PATH ?= ./models
+
+.PHONY: venv demo test lint clean
+
+# Create the environment once; re-install when the project metadata changes.
+$(VENV)/.installed: pyproject.toml setup.py
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Main job: generate demo data, train and promote a model, score a file of new orders.
+demo: venv
+	$(BIN)/intellilog generate --rows $(ROWS) --seed 7 --out data/deliveries.parquet
+	$(BIN)/intellilog train --data data/deliveries.parquet --promote
+	$(BIN)/intellilog models list
+	$(BIN)/intellilog generate --rows 100000 --seed 8 --out data/new_orders.csv
+	$(BIN)/intellilog score data/new_orders.csv --out out/etas.parquet
+
+lint: venv
+	$(BIN)/ruff check kernels training server bench tests
+	$(BIN)/ruff format --check kernels training server bench tests
+	$(BIN)/mypy
+
+# Tests: lint, types, the suite with coverage.
+test: lint
+	$(BIN)/python -m pytest --cov --cov-report=term:skip-covered -q
+
+clean:
+	rm -rf $(VENV) .setuptools-build *.egg-info data out models .pytest_cache .mypy_cache .ruff_cache .coverage
