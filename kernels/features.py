@@ -47,7 +47,7 @@ class Columns:
         return int(self.pickup_lat.shape[0])
 
     def take(self, idx: np.ndarray) -> Columns:
-        return Columns(*(getattr(self, f)[idx] for f in self.__slots__))  # type: ignore[attr-defined]
+        return Columns(*(getattr(self, f)[idx] for f in self.__slots__))
 
 
 @njit(cache=True, inline="always")

@@ -25,7 +25,10 @@ def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     sdp = math.sin((p2 - p1) * 0.5)
     sdl = math.sin((lon2 - lon1) * _RAD * 0.5)
     a = sdp * sdp + math.cos(p1) * math.cos(p2) * sdl * sdl
-    return 2.0 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(a)))
+    root = math.sqrt(a)
+    if root > 1.0:  # rounding; written so that NaN stays NaN
+        root = 1.0
+    return 2.0 * EARTH_RADIUS_KM * math.asin(root)
 
 
 @njit(cache=True, inline="always")

@@ -231,7 +231,7 @@ class FeatureSpec:
         """
         if self._struct is None:
             object.__setattr__(self, "_struct", _build_struct(self))
-        return self._struct  # type: ignore[no-any-return]
+        return self._struct
 
 
 def _build_struct(spec: FeatureSpec) -> type[msgspec.Struct]:

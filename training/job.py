@@ -80,7 +80,9 @@ def train_job(
     staging = registry.stage()
     rng = np.random.default_rng(settings.seed)
     ho = prep.X[prep.holdout_idx]
-    check = parity_rows(ho[rng.permutation(len(ho))[:2000]], rng)
+    check = parity_rows(
+        ho[rng.permutation(len(ho))[:2000]], rng, categorical=list(spec.categorical_feature_indices)
+    )
     out.write(f"compiling engines and checking them against LightGBM on {len(check)} rows\n")
     engines = export_engines(
         res.boosters, check, staging, categorical=list(spec.categorical_feature_indices)

@@ -246,7 +246,10 @@ def evaluate_prepared(
     tr, ho = np.concatenate([prep.train_idx, prep.valid_idx]), prep.holdout_idx
     dist = X[:, 4].astype(np.float64)
     base = BaselineModel.fit(dist[tr], y[tr])
-    preds = {k: b.predict(X[ho], num_threads=settings.threads or 0) for k, b in boosters.items()}
+    preds = {
+        k: np.asarray(b.predict(X[ho], num_threads=settings.threads or 0), dtype=np.float64)
+        for k, b in boosters.items()
+    }
     eta = preds["eta"]
     lo = np.minimum(preds["p10"], eta)
     hi = np.maximum(preds["p90"], eta)

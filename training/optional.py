@@ -1,0 +1,43 @@
+"""The one place that imports optional, heavy dependencies (extra ``gpu``).
+
+Everything else asks :func:`has_hummingbird` or calls :func:`hummingbird`; a
+missing package becomes a :class:`~kernels.errors.ConfigError` that says which
+extra to install, instead of an ``ImportError`` deep inside a call.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from types import ModuleType
+
+from kernels.errors import ConfigError
+
+__all__ = ["has_hummingbird", "hummingbird"]
+
+_INSTALL = "install `intellilog[gpu]` for {what} (hummingbird-ml and torch are missing: {err})"
+
+
+def has_hummingbird() -> bool:
+    """True when ``hummingbird.ml`` and ``torch`` are installed (nothing is imported)."""
+    try:
+        return (
+            importlib.util.find_spec("torch") is not None
+            and importlib.util.find_spec("hummingbird") is not None
+            and importlib.util.find_spec("hummingbird.ml") is not None
+        )
+    except (ImportError, ValueError):
+        return False
+
+
+def hummingbird(what: str = "the hummingbird engine") -> tuple[ModuleType, ModuleType]:
+    """Import and return ``(hummingbird.ml, torch)``.
+
+    Raises ConfigError("install `intellilog[gpu]` for <what> ...") when either is
+    missing or fails to import.
+    """
+    try:
+        import hummingbird.ml as hb_ml
+        import torch
+    except Exception as exc:  # ImportError, or a broken binary wheel (OSError, ...)
+        raise ConfigError(_INSTALL.format(what=what, err=f"{type(exc).__name__}: {exc}")) from exc
+    return hb_ml, torch
