@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +40,10 @@ def load_model(
     """Resolve ``ref`` (alias or version), verify checksums and spec hash, load engines.
 
     ``spec``, when given, must be the spec the model was trained with (same hash).
+    ``threads`` <= 0 means every core.
     """
+    if threads <= 0:  # 0: every core
+        threads = os.cpu_count() or 1
     version = registry.resolve(ref)
     manifest = registry.verify(version)
     try:
