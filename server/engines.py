@@ -338,9 +338,9 @@ class Predictor:
     """The three models of one version (``eta``, ``p10``, ``p90``) on one engine kind.
 
     :meth:`predict` returns ``(eta, p10, p90)`` float64 arrays. Quantile models are
-    trained separately and can cross; each row's three values are sorted so that
-    ``p10 <= eta <= p90`` always holds (the smallest becomes p10, the middle eta,
-    the largest p90; values already in order are unchanged).
+    trained separately and can cross the point model; the ETA is kept as it is and
+    the interval is widened to contain it: ``p10 = min(p10, eta)``,
+    ``p90 = max(p90, eta)`` (as in the training metrics).
     """
 
     def __init__(
@@ -368,15 +368,7 @@ class Predictor:
         eta = self.engines["eta"].predict(X)
         p10 = self.engines["p10"].predict(X)
         p90 = self.engines["p90"].predict(X)
-        if X.shape[0] == 1:
-            lo, mid, hi = sorted((float(p10[0]), float(eta[0]), float(p90[0])))
-            return np.array([mid]), np.array([lo]), np.array([hi])
-        s = np.sort(np.stack((p10, eta, p90), axis=1), axis=1)
-        return (
-            np.ascontiguousarray(s[:, 1]),
-            np.ascontiguousarray(s[:, 0]),
-            np.ascontiguousarray(s[:, 2]),
-        )
+        return eta, np.minimum(p10, eta), np.maximum(p90, eta)
 
     def warmup(self) -> None:
         """Run every engine once (numba compile/cache load, ORT first-run setup)."""

@@ -219,19 +219,24 @@ def test_predictor(trio: dict[str, lgb.Booster], model_dir: Path, kind: str) -> 
     eta, p10, p90 = pred.predict(X)
     assert eta.shape == p10.shape == p90.shape == (300,)
     assert np.all(p10 <= eta) and np.all(eta <= p90)
-    raw = np.sort(np.stack([trio[m].predict(X) for m in ("p10", "eta", "p90")], axis=1), axis=1)
-    assert np.allclose(np.stack([p10, eta, p90], axis=1), raw, rtol=1e-5)
+    ref = {m: trio[m].predict(X) for m in ("p10", "eta", "p90")}
+    np.testing.assert_allclose(eta, ref["eta"], rtol=1e-5)
+    np.testing.assert_allclose(p10, np.minimum(ref["p10"], ref["eta"]), rtol=1e-5)
+    np.testing.assert_allclose(p90, np.maximum(ref["p90"], ref["eta"]), rtol=1e-5)
     one = pred.predict(X[:1])
-    assert [float(a[0]) for a in (one[1], one[0], one[2])] == pytest.approx(raw[0].tolist())
+    assert [float(a[0]) for a in one] == pytest.approx([eta[0], p10[0], p90[0]])
 
 
-def test_predictor_sorts_crossing_quantiles(model_dir: Path, tmp_path: Path) -> None:
-    """p10/p90 files swapped: every row crosses, the output is still ordered."""
+def test_predictor_widens_crossing_quantiles(
+    trio: dict[str, lgb.Booster], model_dir: Path, tmp_path: Path
+) -> None:
+    """p10/p90 files swapped: every row crosses; the ETA is kept, the interval holds it."""
     for src, dst in (("eta", "eta"), ("p10", "p90"), ("p90", "p10")):
         shutil.copy(model_dir / f"{src}.forest.npz", tmp_path / f"{dst}.forest.npz")
     pred = Predictor(tmp_path, "numba")
     X, _ = _data(50, seed=7)
     eta, p10, p90 = pred.predict(X)
     assert np.all(p10 <= eta) and np.all(eta <= p90)
+    np.testing.assert_allclose(eta, trio["eta"].predict(X), rtol=1e-9)
     e1, lo1, hi1 = pred.predict(X[:1])
     assert lo1[0] == p10[0] and e1[0] == eta[0] and hi1[0] == p90[0]
