@@ -199,6 +199,46 @@ class Pipeline:
         )
         return out
 
+    def columns(self, items: Sequence[Any]) -> Columns:
+        """Columns of a batch of request structs (one pass over each field)."""
+        spec = self.spec
+        n = len(items)
+        geo = np.array(
+            [
+                (
+                    getattr(it, spec.pickup_lat),
+                    getattr(it, spec.pickup_lon),
+                    getattr(it, spec.dropoff_lat),
+                    getattr(it, spec.dropoff_lon),
+                )
+                for it in items
+            ],
+            dtype=np.float64,
+        ).reshape(n, 4)
+        utc = np.empty(n, dtype=np.int64)
+        off = np.empty(n, dtype=np.int32)
+        st, of = self.zone_starts, self.zone_offsets
+        for i, it in enumerate(items):
+            utc[i], off[i] = to_utc_offset(getattr(it, spec.event_time), st, of)
+        cats = np.empty((n, len(spec.categorical)), dtype=np.int32)
+        for k, c in enumerate(spec.categorical):
+            table = self.codes[c.name]
+            unk = len(table)
+            cats[:, k] = [table.get(getattr(it, c.name), unk) for it in items]
+        nums = np.empty((n, len(spec.numeric)), dtype=np.float64)
+        for k, nm in enumerate(spec.numeric):
+            nums[:, k] = [np.nan if (v := getattr(it, nm.name)) is None else v for it in items]
+        return Columns(
+            np.ascontiguousarray(geo[:, 0]),
+            np.ascontiguousarray(geo[:, 1]),
+            np.ascontiguousarray(geo[:, 2]),
+            np.ascontiguousarray(geo[:, 3]),
+            utc,
+            off,
+            cats,
+            nums,
+        )
+
     def row(self, item: Any, out: np.ndarray) -> np.ndarray:
         """Features of one request struct into ``out[0]`` (shape ``[1, F]``).
 

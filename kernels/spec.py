@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
@@ -248,7 +248,8 @@ def _build_struct(spec: FeatureSpec) -> type[msgspec.Struct]:
         (spec.event_time, datetime | epoch),
     ]
     for c in spec.categorical:
-        fields.append((c.name, level))
+        # unknown = "reject": only the declared levels; otherwise any text (unknown -> 'unknown')
+        fields.append((c.name, Literal[c.levels] if c.reject_unknown else level))
     for n in spec.numeric:
         t = Annotated[float, Meta(ge=n.min, le=n.max)]
         fields.append((n.name, t | None, None) if n.optional else (n.name, t))

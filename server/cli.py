@@ -75,9 +75,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from training.quality import assess
-
     from training.io import read_table
+    from training.quality import assess
 
     spec = _spec(args)
     threshold = args.threshold if args.threshold is not None else _settings().quality_threshold
@@ -240,6 +239,46 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Check a model is there, then run the app on granian (ASGI)."""
+    import tempfile
+
+    from granian import Granian
+    from granian.constants import Interfaces
+
+    from server.holder import ModelHolder
+    from training.registry import Registry
+
+    settings = _settings()
+    if args.registry:
+        os.environ["MODEL_ARTIFACT_PATH"] = args.registry
+    reg = Registry(args.registry or settings.model_artifact_path)
+    ModelHolder(reg, settings.model_alias, settings.engine)  # settings are valid
+    if not reg.versions():
+        raise IntelliLogError(
+            f"no model in {reg.root}: train one first, e.g. `intellilog generate --rows 200000 "
+            "--out data/deliveries.parquet && intellilog train --data data/deliveries.parquet --promote`"
+        )
+    reg.resolve(settings.model_alias)  # the alias must exist: a clear error now, not in a worker
+    if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="intellilog-metrics-")
+    print(
+        f"serving {reg.root} ({settings.model_alias}) on http://{args.host}:{args.port} with {args.workers} worker(s)",
+        file=sys.stderr,
+    )
+    Granian(
+        "server.app:create_app",
+        factory=True,
+        interface=Interfaces.ASGI,
+        address=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_access=False,
+        workers_kill_timeout=30,
+    ).serve()
+    return 0
+
+
 # ---- parser ------------------------------------------------------------------------------------
 
 
@@ -329,6 +368,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     reg_opt(s)
     s.set_defaults(fn=cmd_score)
+
+    v2 = sub.add_parser("serve", help="run the HTTP prediction server (granian)")
+    v2.add_argument("--host", default="127.0.0.1")
+    v2.add_argument("--port", type=_positive_int, default=8000)
+    v2.add_argument(
+        "--workers", type=_positive_int, default=1, help="worker processes (one per core)"
+    )
+    reg_opt(v2)
+    v2.set_defaults(fn=cmd_serve)
     return p
 
 

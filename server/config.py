@@ -34,6 +34,12 @@ class Settings:
     quality_threshold: float = 80.0
     accuracy_threshold_minutes: float = 5.0
     log_level: str = "INFO"
+    model_alias: str = "production"
+    admin_token: str = ""
+    rate_limit_per_minute: float = 0.0  # per client address; 0 = off
+    max_batch_size: float = 10_000
+    max_body_mb: float = 32.0
+    reload_interval_s: float = 1.0  # how often the server checks the registry aliases
 
     @property
     def registry_path(self) -> Path:
@@ -52,6 +58,12 @@ _ENV = {
     "quality_threshold": "QUALITY_THRESHOLD",
     "accuracy_threshold_minutes": "ACCURACY_THRESHOLD_MINUTES",
     "log_level": "LOG_LEVEL",
+    "model_alias": "MODEL_ALIAS",
+    "admin_token": "ADMIN_TOKEN",
+    "rate_limit_per_minute": "RATE_LIMIT_PER_MINUTE",
+    "max_batch_size": "MAX_BATCH_SIZE",
+    "max_body_mb": "MAX_BODY_MB",
+    "reload_interval_s": "RELOAD_INTERVAL_S",
 }
 
 
@@ -123,6 +135,18 @@ def load_settings(
         )
     if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"LOG_LEVEL={s.log_level!r}: use DEBUG, INFO, WARNING or ERROR")
+    if s.rate_limit_per_minute < 0:
+        raise ConfigError(
+            f"RATE_LIMIT_PER_MINUTE={s.rate_limit_per_minute!r}: must be >= 0 (0 = off)"
+        )
+    if not 1 <= s.max_batch_size <= 1_000_000 or s.max_batch_size != int(s.max_batch_size):
+        raise ConfigError(
+            f"MAX_BATCH_SIZE={s.max_batch_size!r}: a whole number within [1, 1000000]"
+        )
+    if not 0.01 <= s.max_body_mb <= 1024:
+        raise ConfigError(f"MAX_BODY_MB={s.max_body_mb!r}: must be within [0.01, 1024]")
+    if not 0.05 <= s.reload_interval_s <= 3600:
+        raise ConfigError(f"RELOAD_INTERVAL_S={s.reload_interval_s!r}: must be within [0.05, 3600]")
     if not s.tenant_id:
         raise ConfigError("TENANT_ID is empty")
     return s

@@ -142,3 +142,17 @@ def test_row_path_equals_batch_path_and_unknown_levels() -> None:
 def test_learned_levels_must_be_given() -> None:
     with pytest.raises(SpecError, match="learns its levels"):
         Pipeline(SPEC)
+
+
+def test_columns_of_structs_equal_row_path() -> None:
+    reqs = [
+        REQ,
+        {**REQ, "created_at": 1767225600, "zone": "Mitte", "prep_minutes": 3.5},
+        {**REQ, "created_at": "2026-07-01T08:00:00", "vehicle_type": "bike"},
+    ]
+    items = [msgspec.convert(r, SPEC.request_struct) for r in reqs]
+    batch = PIPE.matrix(PIPE.columns(items))
+    for i, it in enumerate(items):
+        one = PIPE.row(it, np.empty((1, PIPE.n_features), np.float32))
+        np.testing.assert_array_equal(one[0], batch[i])
+    assert batch[1, 18] == np.float32(3.5) and np.isnan(batch[0, 18])

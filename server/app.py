@@ -1,0 +1,673 @@
+"""The HTTP server: a Litestar app served by granian (``intellilog serve``).
+
+Bodies are read raw and decoded once by msgspec against the spec's strict struct
+(Litestar's own decoding is lax: it accepts ``"52.5"`` for a float and ``"NaN"``),
+so every bad input gets a 4xx naming the field. Responses are pre-encoded bytes.
+
+Routes: ``POST /v1/predict``, ``POST /v1/predict/batch``, ``GET /v1/models``,
+``GET /health/live``, ``GET /health/ready``, ``GET /metrics``, the Open Inference
+Protocol (KServe V2) under ``/v2``, and ``/v1/admin/{reload,promote,rollback}`` when
+``ADMIN_TOKEN`` is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import math
+import signal
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+import msgspec
+import numpy as np
+from litestar import Litestar, Request, Response, get, post
+from litestar.exceptions import HTTPException
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin
+from litestar.openapi.spec import OpenAPIMediaType, RequestBody, Schema
+from litestar.openapi.spec.enums import OpenAPIType
+from litestar.openapi.spec.operation import Operation
+from msgspec import Meta
+
+from kernels.errors import (
+    ConfigError,
+    DataError,
+    InferenceError,
+    IntelliLogError,
+    ModelLoadError,
+    SpecError,
+    StoreError,
+)
+from server import metrics
+from server.config import Settings, load_settings
+from server.holder import ModelHolder
+from server.logs import configure_logging
+from server.models import LoadedModel
+from training.registry import Registry
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("intellilog.server")
+
+JSON = "application/json"
+
+# ---- errors: one table from product errors to HTTP -------------------------------------------
+
+STATUS: dict[type[BaseException], tuple[int, str]] = {
+    msgspec.ValidationError: (422, "validation_error"),
+    msgspec.DecodeError: (400, "malformed_json"),
+    SpecError: (422, "spec_error"),
+    DataError: (422, "data_error"),
+    ConfigError: (400, "bad_request"),
+    ModelLoadError: (503, "model_unavailable"),
+    StoreError: (503, "store_unavailable"),
+    InferenceError: (500, "inference_error"),
+}
+
+
+class ErrorItem(msgspec.Struct):
+    path: str
+    message: str
+
+
+class ErrorBody(msgspec.Struct, omit_defaults=True):
+    status: int
+    code: str
+    message: str
+    errors: list[ErrorItem] = []
+
+
+class ErrorResponse(msgspec.Struct):
+    error: ErrorBody
+    request_id: str
+
+
+class _ApiError(Exception):
+    def __init__(
+        self, status: int, code: str, message: str, errors: list[ErrorItem] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.errors = status, code, errors or []
+
+
+def _split_msgspec(text: str, base: str = "$") -> ErrorItem:
+    """'Expected `float` <= 90.0 - at `$.pickup_lat`' -> (path, message), path rooted at base."""
+    msg, sep, where = text.rpartition(" - at `")
+    if not sep:
+        return ErrorItem(base, text)
+    path = base + where.rstrip("`")[1:]
+    for marker in ("unknown field `", "missing required field `"):
+        if marker in msg:
+            name = msg.split(marker, 1)[1].split("`", 1)[0]
+            path = f"{path}.{name}"
+    return ErrorItem(path, msg)
+
+
+_enc = msgspec.json.Encoder()
+
+
+def _error_response(
+    request_id: str,
+    status: int,
+    code: str,
+    message: str,
+    errors: list[ErrorItem] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response[bytes]:
+    body = ErrorResponse(ErrorBody(status, code, message, errors or []), request_id)
+    h = {"x-request-id": request_id}
+    if headers:
+        h.update(headers)
+    return Response(_enc.encode(body), status_code=status, media_type=JSON, headers=h)
+
+
+def _rid(request: Request[Any, Any, Any]) -> str:
+    rid = request.scope.get("_rid")
+    if rid is None:
+        given = request.headers.get("x-request-id", "")
+        rid = given if 0 < len(given) <= 128 and given.isprintable() else uuid.uuid4().hex
+        request.scope["_rid"] = rid  # type: ignore[typeddict-unknown-key]
+    return str(rid)
+
+
+def _handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    rid = _rid(request)
+    if isinstance(exc, _ApiError):
+        status, code, message, errors = exc.status, exc.code, str(exc), exc.errors
+    elif isinstance(exc, msgspec.ValidationError):
+        item = _split_msgspec(str(exc))
+        status, code, message, errors = (
+            422,
+            "validation_error",
+            f"{item.path}: {item.message}",
+            [item],
+        )
+    elif isinstance(exc, HTTPException):
+        status, code = exc.status_code, "http_error"
+        message = str(exc.detail)
+        errors = (
+            [
+                ErrorItem(str(e.get("key", "$")), str(e.get("message", "")))
+                for e in (exc.extra or [])
+                if isinstance(e, dict)
+            ]
+            if isinstance(exc.extra, list)
+            else []
+        )
+        if status == 413:
+            code, message = "body_too_large", "request body too large; send smaller batches"
+    else:
+        status, code = next(
+            (v for k, v in STATUS.items() if isinstance(exc, k)), (500, "internal_error")
+        )
+        message = str(exc) if status < 500 or isinstance(exc, IntelliLogError) else "internal error"
+    metrics.ERRORS.labels(code).inc()
+    if status >= 500:
+        log.error(
+            "%s %s -> %d %s",
+            request.method,
+            request.url.path,
+            status,
+            exc,
+            exc_info=not isinstance(exc, IntelliLogError),
+            extra={"request_id": rid},
+        )
+    else:
+        log.info(
+            "%s %s -> %d %s",
+            request.method,
+            request.url.path,
+            status,
+            message,
+            extra={"request_id": rid},
+        )
+    return _error_response(rid, status, code, message, errors)
+
+
+# ---- response shapes ---------------------------------------------------------------------------
+
+
+class Contribution(msgspec.Struct):
+    feature: str
+    minutes: float
+
+
+class Prediction(msgspec.Struct, omit_defaults=True):
+    order_id: str
+    eta_minutes: float
+    eta_p10: float
+    eta_p90: float
+    model_version: str
+    request_id: str
+    explanation: list[Contribution] | None = None
+    base_minutes: float | None = None
+
+
+class BatchItem(msgspec.Struct):
+    order_id: str
+    eta_minutes: float
+    eta_p10: float
+    eta_p90: float
+    model_version: str
+
+
+class BatchResponse(msgspec.Struct):
+    predictions: list[BatchItem]
+    count: int
+    model_version: str
+    request_id: str
+
+
+# ---- the rate limiter and request metrics: one thin ASGI layer ---------------------------------
+
+
+class _Buckets:
+    """Token bucket per client address: ``rate`` requests per minute, burst = rate / 6 (>= 1)."""
+
+    def __init__(self, per_minute: float) -> None:
+        self.rate = per_minute / 60.0
+        self.burst = max(1.0, per_minute / 6.0)
+        self.state: dict[str, tuple[float, float]] = {}
+
+    def take(self, key: str, now: float) -> float:
+        """0 when allowed, else the seconds to wait."""
+        tokens, last = self.state.get(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if tokens >= 1.0:
+            self.state[key] = (tokens - 1.0, now)
+            if len(self.state) > 100_000:  # forget idle clients
+                self.state.clear()
+            return 0.0
+        self.state[key] = (tokens, now)
+        return (1.0 - tokens) / self.rate
+
+
+_UNLIMITED = ("/health/", "/metrics", "/v2/health/")
+
+
+class _Edge:
+    """Counts and times every request by route template and status; applies the rate limit."""
+
+    def __init__(self, app: Litestar, limiter: _Buckets | None) -> None:
+        self.app = app
+        self.limiter = limiter
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    async def __call__(
+        self,
+        scope: Any,
+        receive: Callable[[], Awaitable[Any]],
+        send: Callable[[Any], Awaitable[None]],
+    ) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        status = 500
+        if self.limiter is not None and not scope["path"].startswith(_UNLIMITED):
+            client = scope.get("client") or ("?", 0)
+            wait = self.limiter.take(client[0], t0)
+            if wait > 0:
+                metrics.RATE_LIMITED.inc()
+                rid = uuid.uuid4().hex
+                body = _enc.encode(
+                    ErrorResponse(
+                        ErrorBody(
+                            429,
+                            "rate_limited",
+                            f"too many requests from {client[0]}; retry in {math.ceil(wait)} s",
+                        ),
+                        rid,
+                    )
+                )
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 429,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"retry-after", str(math.ceil(wait)).encode()),
+                            (b"x-request-id", rid.encode()),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+                self._observe("rate_limited", scope["method"], 429, t0)
+                return
+
+        async def send_wrap(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrap)
+        finally:
+            self._observe(scope.get("path_template") or "unmatched", scope["method"], status, t0)
+
+    def _observe(self, route: str, method: str, status: int, t0: float) -> None:
+        key = (route, method, status)
+        ch = self._children.get(key)
+        if ch is None:
+            s = str(status)
+            ch = (
+                metrics.REQUESTS.labels(route, method, s),
+                metrics.REQUEST_LATENCY.labels(route, method, s),
+            )
+            self._children[key] = ch
+        ch[0].inc()
+        ch[1].observe(time.perf_counter() - t0)
+
+
+# ---- OpenAPI: document the raw-body routes with the spec's JSON schema --------------------------
+
+
+def _schema(js: dict[str, Any], defs: dict[str, Any]) -> Schema:
+    if "$ref" in js:
+        return _schema(defs[js["$ref"].rsplit("/", 1)[1]], defs)
+    kw: dict[str, Any] = {}
+    t = js.get("type")
+    if t is not None:
+        kw["type"] = OpenAPIType(t)
+    for src, dst in (
+        ("minimum", "minimum"),
+        ("maximum", "maximum"),
+        ("minLength", "min_length"),
+        ("maxLength", "max_length"),
+        ("maxItems", "max_items"),
+        ("format", "format"),
+        ("enum", "enum"),
+        ("title", "title"),
+        ("description", "description"),
+        ("required", "required"),
+    ):
+        if src in js:
+            kw[dst] = js[src]
+    if "format" in kw:
+        from litestar.openapi.spec.enums import OpenAPIFormat
+
+        try:
+            kw["format"] = OpenAPIFormat(kw["format"])
+        except ValueError:
+            kw.pop("format")
+    if "properties" in js:
+        kw["properties"] = {k: _schema(v, defs) for k, v in js["properties"].items()}
+    if "items" in js:
+        kw["items"] = _schema(js["items"], defs)
+    if "anyOf" in js:
+        kw["any_of"] = [_schema(v, defs) for v in js["anyOf"]]
+    return Schema(**kw)
+
+
+def _body_doc(struct: Any) -> type[Operation]:
+    js = msgspec.json.schema(struct)
+    defs = js.get("$defs", {})
+    body = RequestBody(content={JSON: OpenAPIMediaType(schema=_schema(js, defs))}, required=True)
+
+    class _Op(Operation):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.request_body = body
+
+    return _Op
+
+
+# ---- the app -----------------------------------------------------------------------------------
+
+
+def _check_json(request: Request[Any, Any, Any]) -> None:
+    ct = request.headers.get("content-type", "")
+    if not ct.lower().startswith(JSON):
+        raise _ApiError(
+            415, "unsupported_media_type", f"Content-Type must be {JSON}, got {ct or 'none'!r}"
+        )
+
+
+def create_app(settings: Settings | None = None, holder: ModelHolder | None = None) -> Any:
+    """Build the ASGI app (``granian --interface asgi --factory server.app:create_app``)."""
+    settings = settings or load_settings()
+    configure_logging(settings.environment, settings.log_level)
+    if holder is None:
+        holder = ModelHolder(
+            Registry(settings.registry_path), settings.model_alias, settings.engine
+        )
+    # the spec (and so the request struct) comes from the served model; load it now so a
+    # missing model fails start-up with a clear message
+    if holder.model is None:
+        holder.load_initial()
+    assert holder.model is not None
+    spec = holder.model.pipe.spec
+    Item = spec.request_struct
+    max_batch = int(settings.max_batch_size)
+
+    # built with defstruct: the item type exists only at run time (it comes from the spec)
+    BatchRequest = msgspec.defstruct(
+        "BatchRequest",
+        [("deliveries", Annotated[list[Item], Meta(min_length=1, max_length=max_batch)])],  # type: ignore[valid-type]
+        forbid_unknown_fields=True,
+    )
+    _RawBatch = msgspec.defstruct("RawBatch", [("deliveries", list[msgspec.Raw])])
+
+    dec_one = msgspec.json.Decoder(Item)
+    dec_batch = msgspec.json.Decoder(BatchRequest)
+    dec_raw = msgspec.json.Decoder(_RawBatch)
+    key = spec.key
+    names = list(spec.feature_names)
+    explainers: dict[str, Any] = {}
+
+    def explain(model: LoadedModel, X: np.ndarray) -> tuple[list[Contribution], float]:
+        booster = explainers.get(model.version)
+        if booster is None:
+            import lightgbm as lgb
+
+            booster = lgb.Booster(model_file=str(model.predictor.model_dir / "eta.txt"))
+            explainers.clear()
+            explainers[model.version] = booster
+        contrib = booster.predict(X, pred_contrib=True)[0]
+        order = np.argsort(-np.abs(contrib[:-1]))[:5]
+        return [Contribution(names[i], float(contrib[i])) for i in order], float(contrib[-1])
+
+    def batch_errors(body: bytes) -> list[ErrorItem]:
+        """Every bad row with its index and field (decode row by row after a failure)."""
+        try:
+            raw: Any = dec_raw.decode(body)
+        except msgspec.ValidationError as exc:
+            return [_split_msgspec(str(exc))]
+        errs: list[ErrorItem] = []
+        if not raw.deliveries:
+            errs.append(ErrorItem("$.deliveries", "Expected at least one delivery"))
+        if len(raw.deliveries) > max_batch:
+            errs.append(
+                ErrorItem(
+                    "$.deliveries",
+                    f"Expected at most {max_batch} deliveries (MAX_BATCH_SIZE), got {len(raw.deliveries)}",
+                )
+            )
+            return errs
+        for i, r in enumerate(raw.deliveries):
+            try:
+                dec_one.decode(r)
+            except msgspec.ValidationError as exc:
+                errs.append(_split_msgspec(str(exc), f"$.deliveries[{i}]"))
+        return errs
+
+    @post(
+        "/v1/predict",
+        status_code=200,
+        operation_class=_body_doc(Item),
+        summary="ETA for one delivery",
+        tags=["predict"],
+    )
+    async def predict(request: Request[Any, Any, Any]) -> Response[bytes]:
+        _check_json(request)
+        body = await request.body()
+        item = dec_one.decode(body)
+        model = holder.model
+        assert model is not None
+        t0 = time.perf_counter()
+        X = model.pipe.row(item, np.empty((1, model.pipe.n_features), dtype=np.float32))
+        eta, p10, p90 = model.predict(X)
+        metrics.PREDICTION_LATENCY.labels("single").observe(time.perf_counter() - t0)
+        rid = _rid(request)
+        out = Prediction(
+            getattr(item, key), float(eta[0]), float(p10[0]), float(p90[0]), model.version, rid
+        )
+        if request.query_params.get("explain", "").lower() in ("1", "true", "yes"):
+            out.explanation, out.base_minutes = explain(model, X)
+        return Response(_enc.encode(out), media_type=JSON, headers={"x-request-id": rid})
+
+    @post(
+        "/v1/predict/batch",
+        status_code=200,
+        operation_class=_body_doc(BatchRequest),
+        summary="ETAs for many deliveries, in order",
+        tags=["predict"],
+    )
+    async def predict_batch(request: Request[Any, Any, Any]) -> Response[bytes]:
+        _check_json(request)
+        body = await request.body()
+        try:
+            batch = dec_batch.decode(body)
+        except msgspec.ValidationError as exc:
+            errs = batch_errors(body) or [_split_msgspec(str(exc))]
+            raise _ApiError(
+                422, "validation_error", f"{len(errs)} invalid deliveries; nothing was scored", errs
+            ) from None
+        items = batch.deliveries  # type: ignore[attr-defined]
+        model = holder.model
+        assert model is not None
+        t0 = time.perf_counter()
+
+        def run() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            return model.predict(model.pipe.matrix(model.pipe.columns(items)))
+
+        # small batches inline; big ones off the event loop so other requests keep flowing
+        eta, p10, p90 = run() if len(items) <= 256 else await asyncio.to_thread(run)
+        metrics.PREDICTION_LATENCY.labels("batch").observe(time.perf_counter() - t0)
+        metrics.BATCH_ROWS.observe(len(items))
+        v = model.version
+        preds = [
+            BatchItem(getattr(it, key), e, lo, hi, v)
+            for it, e, lo, hi in zip(items, eta.tolist(), p10.tolist(), p90.tolist(), strict=True)
+        ]
+        rid = _rid(request)
+        return Response(
+            _enc.encode(BatchResponse(preds, len(preds), v, rid)),
+            media_type=JSON,
+            headers={"x-request-id": rid},
+        )
+
+    @get("/health/live", tags=["health"])
+    async def live() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @get("/health/ready", tags=["health"])
+    async def ready() -> Response[dict[str, Any]]:
+        m = holder.model
+        ok = holder.ready and m is not None
+        body = {"ready": ok, "model_version": m.version if m else None}
+        return Response(body, status_code=200 if ok else 503)
+
+    @get("/v1/models", tags=["models"])
+    async def models() -> dict[str, Any]:
+        m = holder.model
+        reg = holder.registry
+        return {
+            "serving": {
+                "version": m.version if m else None,
+                "alias": holder.alias,
+                "engine": m.engine_name if m else None,
+                "device": m.device if m else None,
+                "spec": spec.name,
+                "spec_hash": spec.hash,
+                "metrics": (m.manifest.get("metrics", {}).get("model") if m else None),
+            },
+            "aliases": reg.aliases(),
+            "versions": reg.versions(),
+            "last_reload_error": holder.last_error,
+        }
+
+    @get("/metrics", media_type=metrics.CONTENT_TYPE, tags=["monitoring"], include_in_schema=False)
+    async def prometheus() -> Response[bytes]:
+        return Response(metrics.render(), media_type=metrics.CONTENT_TYPE)
+
+    handlers: list[Any] = [predict, predict_batch, live, ready, models, prometheus]
+    from server.kserve import kserve_routes
+
+    handlers += kserve_routes(holder, spec, dec_one, max_batch)
+
+    if settings.admin_token:
+        token = settings.admin_token
+
+        def _auth(request: Request[Any, Any, Any]) -> None:
+            got = request.headers.get("authorization", "")
+            if not hmac.compare_digest(got.encode(), f"Bearer {token}".encode()):
+                raise _ApiError(
+                    401,
+                    "unauthorized",
+                    "admin endpoints need 'Authorization: Bearer <ADMIN_TOKEN>'",
+                )
+
+        AliasChange = msgspec.defstruct(
+            "AliasChange",
+            [("version", str | None, None), ("alias", str, settings.model_alias)],
+            forbid_unknown_fields=True,
+        )
+
+        dec_change = msgspec.json.Decoder(AliasChange)
+
+        async def _change(request: Request[Any, Any, Any]) -> Any:
+            body = await request.body()
+            return dec_change.decode(body) if body.strip() else AliasChange()
+
+        @post("/v1/admin/reload", status_code=200, tags=["admin"])
+        async def admin_reload(request: Request[Any, Any, Any]) -> Response[bytes]:
+            _auth(request)
+            res = await holder.reload("admin reload")
+            if res.get("error"):
+                raise _ApiError(
+                    409,
+                    "reload_refused",
+                    f"new model refused, still serving {res.get('version')}: {res['error']}",
+                )
+            return Response(_enc.encode(res), media_type=JSON)
+
+        @post("/v1/admin/promote", status_code=200, tags=["admin"])
+        async def admin_promote(request: Request[Any, Any, Any]) -> Response[bytes]:
+            _auth(request)
+            ch = await _change(request)
+            if not ch.version:
+                raise _ApiError(
+                    422,
+                    "validation_error",
+                    "$.version: required",
+                    [ErrorItem("$.version", "required")],
+                )
+            prev = await asyncio.to_thread(holder.registry.promote, ch.version, ch.alias)
+            res = await holder.reload("admin promote") if ch.alias == holder.alias else {}
+            return Response(
+                _enc.encode(
+                    {
+                        "alias": ch.alias,
+                        "previous": prev,
+                        "version": holder.registry.resolve(ch.alias),
+                        "reload": res,
+                    }
+                ),
+                media_type=JSON,
+            )
+
+        @post("/v1/admin/rollback", status_code=200, tags=["admin"])
+        async def admin_rollback(request: Request[Any, Any, Any]) -> Response[bytes]:
+            _auth(request)
+            ch = await _change(request)
+            v = await asyncio.to_thread(holder.registry.rollback, ch.alias)
+            res = await holder.reload("admin rollback") if ch.alias == holder.alias else {}
+            return Response(
+                _enc.encode({"alias": ch.alias, "version": v, "reload": res}), media_type=JSON
+            )
+
+        handlers += [admin_reload, admin_promote, admin_rollback]
+
+    tasks: list[asyncio.Task[None]] = []
+
+    async def _reload(reason: str) -> None:
+        await holder.reload(reason)
+
+    async def on_startup() -> None:
+        tasks.append(asyncio.create_task(holder.watch(settings.reload_interval_s)))
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(
+                signal.SIGHUP, lambda: tasks.append(asyncio.create_task(_reload("SIGHUP")))
+            )
+
+    async def on_shutdown() -> None:
+        for t in tasks:
+            t.cancel()
+        log.info("shut down")
+
+    app = Litestar(
+        route_handlers=handlers,
+        exception_handlers={Exception: _handle_exception},
+        on_startup=[on_startup],
+        on_shutdown=[on_shutdown],
+        request_max_body_size=int(settings.max_body_mb * 1024 * 1024),
+        openapi_config=OpenAPIConfig(
+            title="IntelliLog-AI",
+            version="1",
+            description="Delivery ETAs. Bodies are validated strictly against the feature spec.",
+            render_plugins=[JsonRenderPlugin()],  # JSON only: no HTML page that needs a CDN
+        ),
+        debug=False,
+    )
+    limiter = (
+        _Buckets(settings.rate_limit_per_minute) if settings.rate_limit_per_minute > 0 else None
+    )
+    return _Edge(app, limiter)

@@ -1,0 +1,244 @@
+"""Open Inference Protocol (KServe V2) REST routes, so KServe/Triton clients can call us.
+
+One input tensor per spec field, all of shape ``[n]``: FP32/FP64 (or INT32/INT64) for
+numbers, INT64 epoch seconds or BYTES (ISO 8601) for the event time, BYTES for
+categories and for the optional ``order_id``. Outputs: ``eta_minutes``, ``eta_p10``,
+``eta_p90`` (FP64 ``[n]``). JSON tensors only: the binary tensor extension is refused
+with a clear message (tritonclient: ``binary_data=False``). Errors follow the
+protocol's shape, ``{"error": "..."}``, with status 400 for bad input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any
+
+import msgspec
+import numpy as np
+from litestar import Request, Response, get, post
+
+from kernels.spec import FeatureSpec
+from server.holder import ModelHolder
+
+__all__ = ["MODEL_NAME", "kserve_routes"]
+
+MODEL_NAME = "eta"
+JSON = "application/json"
+_NUM = ("FP32", "FP64", "INT32", "INT64")
+
+
+class Tensor(msgspec.Struct):
+    name: str
+    shape: list[int]
+    datatype: str
+    data: list[Any]
+    parameters: dict[str, Any] | None = None
+
+
+class OutputSpec(msgspec.Struct):
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class InferRequest(msgspec.Struct):
+    inputs: list[Tensor]
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    outputs: list[OutputSpec] | None = None
+
+
+class OutTensor(msgspec.Struct):
+    name: str
+    datatype: str
+    shape: list[int]
+    data: list[float]
+
+
+class InferResponse(msgspec.Struct, omit_defaults=True):
+    model_name: str
+    model_version: str
+    outputs: list[OutTensor]
+    id: str | None = None
+
+
+_enc = msgspec.json.Encoder()
+_dec = msgspec.json.Decoder(InferRequest)
+
+
+class _V2Error(Exception):
+    pass
+
+
+def _err(status: int, message: str) -> Response[bytes]:
+    return Response(_enc.encode({"error": message}), status_code=status, media_type=JSON)
+
+
+def _flatten(data: list[Any]) -> list[Any]:
+    if data and isinstance(data[0], list):
+        return [x for row in data for x in _flatten(row)]
+    return data
+
+
+def kserve_routes(
+    holder: ModelHolder, spec: FeatureSpec, dec_one: Any, max_batch: int
+) -> list[Any]:
+    Item = spec.request_struct
+    kinds: dict[str, tuple[str, ...]] = {
+        spec.pickup_lat: _NUM,
+        spec.pickup_lon: _NUM,
+        spec.dropoff_lat: _NUM,
+        spec.dropoff_lon: _NUM,
+        spec.event_time: ("INT64", "INT32", "BYTES"),
+        spec.key: ("BYTES",),
+    }
+    for c in spec.categorical:
+        kinds[c.name] = ("BYTES",)
+    for n in spec.numeric:
+        kinds[n.name] = _NUM
+    required = [c for c in spec.required_columns]
+    optional = {n.name for n in spec.numeric if n.optional} | {spec.key}
+
+    def metadata() -> dict[str, Any]:
+        m = holder.model
+        return {
+            "name": MODEL_NAME,
+            "versions": [m.version] if m else [],
+            "platform": "lightgbm",
+            "inputs": [
+                {
+                    "name": name,
+                    "datatype": "FP64" if dt == _NUM else dt[0],
+                    "shape": [-1],
+                    "optional": name in optional,
+                }
+                for name, dt in kinds.items()
+            ],
+            "outputs": [
+                {"name": o, "datatype": "FP64", "shape": [-1]}
+                for o in ("eta_minutes", "eta_p10", "eta_p90")
+            ],
+        }
+
+    def check_name(name: str) -> Response[bytes] | None:
+        if name != MODEL_NAME:
+            return _err(404, f"unknown model {name!r}; this server serves {MODEL_NAME!r}")
+        return None
+
+    def rows(req: InferRequest) -> list[Any]:
+        seen: dict[str, list[Any]] = {}
+        n: int | None = None
+        for t in req.inputs:
+            if t.name not in kinds:
+                raise _V2Error(f"unknown input {t.name!r}; inputs are {', '.join(kinds)}")
+            if t.datatype not in kinds[t.name]:
+                raise _V2Error(
+                    f"input {t.name!r}: datatype {t.datatype} not accepted (use {' or '.join(kinds[t.name])})"
+                )
+            data = _flatten(t.data)
+            if (
+                math.prod(t.shape) != len(data)
+                or len(t.shape) not in (1, 2)
+                or (len(t.shape) == 2 and t.shape[1] != 1)
+            ):
+                raise _V2Error(
+                    f"input {t.name!r}: shape {t.shape} does not match {len(data)} values (use [n] or [n, 1])"
+                )
+            if n is not None and len(data) != n:
+                raise _V2Error(f"input {t.name!r} has {len(data)} values, other inputs have {n}")
+            n = len(data)
+            if t.datatype.startswith("INT") and t.name in kinds and kinds[t.name] == _NUM:
+                data = [
+                    float(x) if isinstance(x, int) and not isinstance(x, bool) else x for x in data
+                ]
+            seen[t.name] = data
+        missing = [c for c in required if c not in seen]
+        if missing:
+            raise _V2Error(f"missing input{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
+        if not n:
+            raise _V2Error("inputs are empty")
+        if n > max_batch:
+            raise _V2Error(f"{n} rows exceed MAX_BATCH_SIZE={max_batch}")
+        if spec.key not in seen:
+            seen[spec.key] = [str(i) for i in range(n)]
+        names = list(seen)
+        cols = [seen[k] for k in names]
+        dicts = [dict(zip(names, vals, strict=True)) for vals in zip(*cols, strict=True)]
+        try:
+            return msgspec.convert(dicts, list[Item])  # type: ignore[valid-type]
+        except msgspec.ValidationError as exc:
+            msg, _, where = str(exc).rpartition(" - at `$[")
+            if not _:
+                raise _V2Error(str(exc)) from None
+            idx, _, field = where.rstrip("`").partition("].")
+            raise _V2Error(f"input {field!r}[{idx}]: {msg}") from None
+
+    @get("/v2", tags=["kserve-v2"])
+    async def server_meta() -> dict[str, Any]:
+        from training import __version__
+
+        return {"name": "intellilog", "version": __version__, "extensions": []}
+
+    @get("/v2/health/live", tags=["kserve-v2"])
+    async def v2_live() -> dict[str, bool]:
+        return {"live": True}
+
+    @get("/v2/health/ready", tags=["kserve-v2"])
+    async def v2_ready() -> Response[dict[str, bool]]:
+        ok = holder.ready and holder.model is not None
+        return Response({"ready": ok}, status_code=200 if ok else 503)
+
+    @get("/v2/models/{name:str}", tags=["kserve-v2"])
+    async def model_meta(name: str) -> Response[Any]:
+        return check_name(name) or Response(metadata())
+
+    @get("/v2/models/{name:str}/ready", tags=["kserve-v2"])
+    async def model_ready(name: str) -> Response[Any]:
+        bad = check_name(name)
+        if bad:
+            return bad
+        ok = holder.ready and holder.model is not None
+        return Response({"name": name, "ready": ok}, status_code=200 if ok else 503)
+
+    @post("/v2/models/{name:str}/infer", status_code=200, tags=["kserve-v2"])
+    async def infer(name: str, request: Request[Any, Any, Any]) -> Response[bytes]:
+        bad = check_name(name)
+        if bad:
+            return bad
+        if "inference-header-content-length" in request.headers:
+            return _err(
+                400,
+                "binary tensor data is not supported; send JSON tensors (tritonclient: binary_data=False)",
+            )
+        body = await request.body()
+        try:
+            req = _dec.decode(body)
+            items = rows(req)
+        except (_V2Error, msgspec.ValidationError, msgspec.DecodeError) as exc:
+            return _err(400, str(exc))
+        model = holder.model
+        assert model is not None
+
+        def run() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            return model.predict(model.pipe.matrix(model.pipe.columns(items)))
+
+        eta, p10, p90 = run() if len(items) <= 256 else await asyncio.to_thread(run)
+        n = len(items)
+        outs = {
+            "eta_minutes": eta,
+            "eta_p10": p10,
+            "eta_p90": p90,
+        }
+        wanted = [o.name for o in req.outputs] if req.outputs else list(outs)
+        unknown = [w for w in wanted if w not in outs]
+        if unknown:
+            return _err(400, f"unknown output {unknown[0]!r}; outputs are {', '.join(outs)}")
+        resp = InferResponse(
+            MODEL_NAME,
+            model.version,
+            [OutTensor(w, "FP64", [n], outs[w].tolist()) for w in wanted],
+            req.id,
+        )
+        return Response(_enc.encode(resp), media_type=JSON)
+
+    return [server_meta, v2_live, v2_ready, model_meta, model_ready, infer]
