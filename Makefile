@@ -16,13 +16,17 @@ $(VENV)/.installed: pyproject.toml setup.py
 
 venv: $(VENV)/.installed
 
-# Main job: generate demo data, train and promote a model, score a file of new orders.
+PORT ?= 8000
+
+# Main job: generate demo data, train and promote a model, score a file of new orders,
+# then serve the model over HTTP on 127.0.0.1:$(PORT) (Ctrl-C stops it).
 demo: venv
 	$(BIN)/intellilog generate --rows $(ROWS) --seed 7 --out data/deliveries.parquet
 	$(BIN)/intellilog train --data data/deliveries.parquet --promote
 	$(BIN)/intellilog models list
 	$(BIN)/intellilog generate --rows 100000 --seed 8 --out data/new_orders.csv
 	$(BIN)/intellilog score data/new_orders.csv --out out/etas.parquet
+	$(BIN)/intellilog serve --port $(PORT)
 
 lint: venv
 	$(BIN)/ruff check kernels training server bench tests
