@@ -37,7 +37,7 @@ class Settings:
     model_alias: str = "production"
     admin_token: str = ""
     rate_limit_per_minute: float = 0.0  # per client address; 0 = off
-    max_batch_size: float = 10_000
+    max_batch_size: int = 10_000
     max_body_mb: float = 32.0
     reload_interval_s: float = 1.0  # how often the server checks the registry aliases
 
@@ -94,6 +94,11 @@ def _convert(name: str, var: str, raw: str, default: Any) -> Any:
         if v in _FALSE:
             return False
         raise ConfigError(f"{var}={raw!r}: expected true or false")
+    if isinstance(default, int):
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"{var}={raw!r}: expected a whole number") from None
     if isinstance(default, float):
         try:
             return float(raw)

@@ -1,0 +1,62 @@
+"""Settings from the environment and .env: typed, validated, naming the bad value."""
+
+from pathlib import Path
+
+import pytest
+
+from kernels.errors import ConfigError
+from server.config import load_dotenv, load_settings
+
+
+def test_defaults_and_env_override(tmp_path: Path) -> None:
+    s = load_settings({}, dotenv=None)
+    assert s.environment == "development" and s.engine == "onnx" and s.rate_limit_per_minute == 0
+    env = {
+        "ENVIRONMENT": "production",
+        "ENABLE_AB_TESTING": "yes",
+        "QUALITY_THRESHOLD": "70",
+        "MAX_BATCH_SIZE": "500",
+    }
+    s = load_settings(env, dotenv=None)
+    assert s.environment == "production" and s.enable_ab_testing is True
+    assert s.quality_threshold == 70.0 and s.max_batch_size == 500
+
+
+def test_dotenv_is_read_and_env_wins(tmp_path: Path) -> None:
+    p = tmp_path / ".env"
+    p.write_text("# comment\nexport TENANT_ID='acme'\nINTELLILOG_ENGINE=numba\n\nLOG_LEVEL=debug\n")
+    assert load_dotenv(p) == {
+        "TENANT_ID": "acme",
+        "INTELLILOG_ENGINE": "numba",
+        "LOG_LEVEL": "debug",
+    }
+    s = load_settings({"INTELLILOG_ENGINE": "lightgbm"}, dotenv=p)
+    assert s.tenant_id == "acme" and s.engine == "lightgbm"
+    bad = tmp_path / "bad.env"
+    bad.write_text("JUSTAWORD\n")
+    with pytest.raises(ConfigError, match="bad.env:1: expected KEY=VALUE"):
+        load_dotenv(bad)
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("ENVIRONMENT", "staging"),
+        ("INTELLILOG_ENGINE", "tensorrt"),
+        ("ENABLE_DRIFT_DETECTION", "maybe"),
+        ("QUALITY_THRESHOLD", "high"),
+        ("QUALITY_THRESHOLD", "120"),
+        ("ACCURACY_THRESHOLD_MINUTES", "0"),
+        ("DATABASE_URL", "mysql://x"),
+        ("LOG_LEVEL", "LOUD"),
+        ("RATE_LIMIT_PER_MINUTE", "-1"),
+        ("MAX_BATCH_SIZE", "2.5"),
+        ("MAX_BODY_MB", "0"),
+        ("RELOAD_INTERVAL_S", "0"),
+        ("TENANT_ID", ""),
+    ],
+)
+def test_bad_values_name_the_variable(var: str, value: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_settings({var: value}, dotenv=None)
+    assert var in str(exc.value)
