@@ -34,7 +34,7 @@ def test_dotenv_is_read_and_env_wins(tmp_path: Path) -> None:
     assert s.tenant_id == "acme" and s.engine == "lightgbm"
     bad = tmp_path / "bad.env"
     bad.write_text("JUSTAWORD\n")
-    with pytest.raises(ConfigError, match="bad.env:1: expected KEY=VALUE"):
+    with pytest.raises(ConfigError, match=r"bad\.env:1: expected KEY=VALUE"):
         load_dotenv(bad)
 
 
