@@ -95,7 +95,9 @@ def _train_settings(args: argparse.Namespace) -> Any:
     s = _settings()
     return TrainSettings(
         holdout_fraction=args.holdout_fraction,
-        accuracy_threshold=args.accuracy_threshold or s.accuracy_threshold_minutes,
+        accuracy_threshold=s.accuracy_threshold_minutes
+        if args.accuracy_threshold is None
+        else args.accuracy_threshold,
         quality_threshold=args.quality_threshold
         if args.quality_threshold is not None
         else s.quality_threshold,
@@ -137,9 +139,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     y = conv.target
     assert y is not None
     thr = (
-        args.accuracy_threshold
-        or model.manifest["metrics"]["holdout"]["accuracy_threshold_minutes"]
+        model.manifest["metrics"]["holdout"]["accuracy_threshold_minutes"]
+        if args.accuracy_threshold is None
+        else args.accuracy_threshold
     )
+    if not thr > 0:
+        raise ConfigError(f"--accuracy-threshold={thr!r}: must be > 0 minutes")
     b = model.manifest.get("baselines", {})
     base = BaselineModel(b.get("median_minutes", 0.0), b.get("median_km_per_min", 0.0))
     dist = X[:, 4].astype("float64")

@@ -8,6 +8,7 @@ Reading and converting the next batch overlaps with predicting the current one.
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import sys
 import time
@@ -94,6 +95,18 @@ class _Writer:
             self._w.close()
 
 
+def _key_column(table: pa.Table, name: str) -> str | None:
+    """The key column to copy to the output, if the file has it; plain values only."""
+    if name not in table.column_names:
+        return None
+    t = table.schema.field(name).type
+    if pa.types.is_nested(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        raise DataError(
+            f"key column {name!r} has type {t}; it must hold plain values (text or numbers)"
+        )
+    return name
+
+
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -105,7 +118,7 @@ def score_file(
     rejects: str | Path | None = None,
     batch_rows: int = 131_072,
     progress: bool = True,
-    err: TextIO = sys.stderr,
+    err: TextIO | None = None,
 ) -> ScoreReport:
     src, dst = Path(src), Path(dst)
     file_format(dst)
@@ -113,16 +126,18 @@ def score_file(
         raise DataError(f"{dst}: the output would overwrite the input")
     rej_path = Path(rejects) if rejects is not None else default_reject_path(dst)
     spec = model.pipe.spec
-    total = (
-        pq.ParquetFile(src).metadata.num_rows
-        if file_format(src) == "parquet" and src.is_file()
-        else None
-    )
+    err = err or sys.stderr
     bar: Any = None
-    if progress:
+
+    def start_bar() -> Any:
+        """The progress bar, made once the input has proved readable."""
         from tqdm import tqdm
 
-        bar = tqdm(
+        total = None
+        if file_format(src) == "parquet":
+            with contextlib.suppress(pa.ArrowException, OSError):
+                total = pq.ParquetFile(src).metadata.num_rows
+        return tqdm(
             total=total, unit="rows", unit_scale=True, file=err, desc="scoring", mininterval=0.5
         )
 
@@ -135,6 +150,7 @@ def score_file(
     t0 = time.perf_counter()
     engine_s = 0.0
     rows_in = scored = rejected = 0
+    last_key: str | None = None
     first_row = 0
     # prefetch the next batch (arrow I/O and conversion release the GIL) while predicting
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -148,7 +164,9 @@ def score_file(
                 fut = pool.submit(next, it, None)
                 table, conv = item
                 n = table.num_rows
-                key = spec.key if spec.key in table.column_names else None
+                if bar is None and progress:
+                    bar = start_bar()
+                key = _key_column(table, spec.key)
                 if conv.n_valid:
                     X = model.pipe.matrix(conv.columns)
                     te = time.perf_counter()
@@ -157,7 +175,7 @@ def score_file(
                     idx = np.flatnonzero(conv.valid)
                     cols: dict[str, Any] = {}
                     if key:
-                        cols[key] = table.column(key).take(pa.array(idx))
+                        cols[key] = table.column(key).take(pa.array(idx)).cast(pa.string())
                     else:
                         cols["row"] = pa.array(idx + first_row, pa.int64())
                     cols["eta_minutes"] = pa.array(eta, pa.float64())
@@ -172,6 +190,7 @@ def score_file(
                         rcols[key] = table.column(key).take(pa.array(r)).cast(pa.string())
                     rcols["reason"] = pa.array(conv.reject_reasons, pa.string())
                     rej.write(pa.table(rcols))
+                last_key = key
                 rows_in += n
                 scored += conv.n_valid
                 rejected += len(conv.reject_rows)
@@ -190,7 +209,7 @@ def score_file(
         out.write(
             pa.table(
                 {
-                    "row": pa.array([], pa.int64()),
+                    (last_key or "row"): pa.array([], pa.string() if last_key else pa.int64()),
                     "eta_minutes": pa.array([], pa.float64()),
                     "eta_p10": pa.array([], pa.float64()),
                     "eta_p90": pa.array([], pa.float64()),

@@ -315,9 +315,15 @@ def _bounded(
         r.add(oor, "range", [f"{name}: {vals[i]:g} outside [{lo:g}, {hi:g}]" for i in idx.tolist()])
 
 
-def _strings(col: pa.ChunkedArray) -> pa.Array:
+def _strings(col: pa.ChunkedArray, name: str = "?") -> pa.Array:
     arr = col.combine_chunks()
-    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+    t = arr.type
+    if pa.types.is_dictionary(t):
+        arr = arr.cast(t.value_type)
+        t = arr.type
+    if not (pa.types.is_string(t) or pa.types.is_large_string(t)):
+        if not (pa.types.is_integer(t) or pa.types.is_boolean(t) or pa.types.is_floating(t)):
+            raise DataError(f"column {name!r} has type {t}, expected text")
         arr = arr.cast(pa.string())
     return pc.utf8_trim_whitespace(arr)
 
@@ -348,7 +354,7 @@ def to_columns(table: pa.Table, pipe: Pipeline, with_target: bool = False) -> Co
 
     cats = np.empty((n, len(spec.categorical)), dtype=np.int32)
     for k, c in enumerate(spec.categorical):
-        arr = _strings(col(c.name))
+        arr = _strings(col(c.name), c.name)
         levels = pipe.levels[c.name]
         codes = pc.index_in(arr, value_set=pa.array(levels, pa.string()))
         cats[:, k] = np.asarray(
@@ -426,7 +432,7 @@ def learn_levels(
         if not c.learned:
             out[c.name] = c.levels
             continue
-        arr = _strings(table.column(c.name)).drop_null()
+        arr = _strings(table.column(c.name), c.name).drop_null()
         counts = pc.value_counts(arr)
         vals = counts.field("values").to_pylist()
         cnts = counts.field("counts").to_numpy()

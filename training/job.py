@@ -51,8 +51,9 @@ def train_job(
     settings: TrainSettings,
     promote: bool = False,
     dry_run: bool = False,
-    out: TextIO = sys.stderr,
+    out: TextIO | None = None,
 ) -> TrainOutcome:
+    out = out or sys.stderr
     t0 = time.perf_counter()
     settings.validate()
     path = Path(data)

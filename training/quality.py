@@ -347,6 +347,8 @@ def _levels(table: pa.Table, spec: FeatureSpec) -> dict[str, tuple[str, ...]]:
             out[c.name] = c.levels
             continue
         arr = _plain(table.column(c.name))
+        if pa.types.is_nested(arr.type) or pa.types.is_binary(arr.type):
+            raise DataError(f"column {c.name!r} has type {arr.type}, expected text")
         arr = pc.utf8_trim_whitespace(arr if _is_text(arr.type) else arr.cast(pa.string()))
         vals = [v for v in pc.unique(arr.drop_null()).to_pylist() if v]
         out[c.name] = tuple(vals) or (UNKNOWN,)

@@ -280,7 +280,7 @@ class Registry:
                 raise ModelLoadError(
                     f"alias {alias!r} in {self.root} has no earlier version to roll back "
                     f"to (history: {[h.get('version') for h in history]}): promote a "
-                    f"version explicitly, e.g. Registry.promote('v1', {alias!r})"
+                    f"version explicitly: `intellilog models promote VERSION --alias {alias}`"
                 )
             if target in state["deleted"]:
                 raise ModelLoadError(

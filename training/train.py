@@ -10,7 +10,6 @@ before the artifact is published to the registry.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -195,10 +194,11 @@ def _progress(name: str, total: int, out: TextIO | None) -> Callable[[Any], None
     return cb
 
 
-def fit_models(
-    prep: Prepared, settings: TrainSettings, out: TextIO | None = sys.stderr
-) -> TrainResult:
-    """Fit the point model and the two quantile models; evaluate on the holdout."""
+def fit_models(prep: Prepared, settings: TrainSettings, out: TextIO | None = None) -> TrainResult:
+    """Fit the point model and the two quantile models; evaluate on the holdout.
+
+    Progress goes to ``out`` (None: silent).
+    """
     t0 = time.perf_counter()
     X, y = prep.X, prep.y
     cat = list(prep.pipe.spec.categorical_feature_indices)
