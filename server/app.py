@@ -98,8 +98,8 @@ class _ApiError(Exception):
 def _split_msgspec(text: str, base: str = "$") -> ErrorItem:
     """'Expected `float` <= 90.0 - at `$.pickup_lat`' -> (path, message), path rooted at base."""
     msg, sep, where = text.rpartition(" - at `")
-    if not sep:
-        return ErrorItem(base, text)
+    if not sep:  # top-level errors carry no location
+        msg, where = text, "$`"
     path = base + where.rstrip("`")[1:]
     for marker in ("unknown field `", "missing required field `"):
         if marker in msg:
@@ -162,6 +162,7 @@ def _handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respon
         if status == 413:
             code, message = "body_too_large", "request body too large; send smaller batches"
     else:
+        errors = []
         status, code = next(
             (v for k, v in STATUS.items() if isinstance(exc, k)), (500, "internal_error")
         )
@@ -609,7 +610,10 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
                     "$.version: required",
                     [ErrorItem("$.version", "required")],
                 )
-            prev = await asyncio.to_thread(holder.registry.promote, ch.version, ch.alias)
+            try:
+                prev = await asyncio.to_thread(holder.registry.promote, ch.version, ch.alias)
+            except ModelLoadError as exc:
+                raise _ApiError(404, "not_found", str(exc)) from None
             res = await holder.reload("admin promote") if ch.alias == holder.alias else {}
             return Response(
                 _enc.encode(

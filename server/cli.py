@@ -246,15 +246,23 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Check a model is there, then run the app on granian (ASGI)."""
+    import atexit
+    import shutil
     import tempfile
 
     from granian import Granian
     from granian.constants import Interfaces
 
+    settings = _settings()
+    # multiprocess metrics must be configured before prometheus_client is imported
+    if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        metrics_dir = tempfile.mkdtemp(prefix="intellilog-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        atexit.register(shutil.rmtree, metrics_dir, True)
+
     from server.holder import ModelHolder
     from training.registry import Registry
 
-    settings = _settings()
     if args.registry:
         os.environ["MODEL_ARTIFACT_PATH"] = args.registry
     reg = Registry(args.registry or settings.model_artifact_path)
@@ -265,8 +273,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "--out data/deliveries.parquet && intellilog train --data data/deliveries.parquet --promote`"
         )
     reg.resolve(settings.model_alias)  # the alias must exist: a clear error now, not in a worker
-    if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="intellilog-metrics-")
     print(
         f"serving {reg.root} ({settings.model_alias}) on http://{args.host}:{args.port} with {args.workers} worker(s)",
         file=sys.stderr,

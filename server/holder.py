@@ -103,6 +103,7 @@ class ModelHolder:
             except IntelliLogError as exc:
                 return self._failed(reason, str(exc))
             if old is not None and old.version == target and ref is None:
+                self.last_error = None
                 return {"changed": False, "version": target}
             t0 = time.perf_counter()
             try:
@@ -112,6 +113,12 @@ class ModelHolder:
             except Exception as exc:  # keep serving the old model whatever went wrong
                 log.exception("model reload failed")
                 return self._failed(reason, f"{type(exc).__name__}: {exc}")
+            if old is not None and new.pipe.spec.hash != old.pipe.spec.hash:
+                return self._failed(
+                    reason,
+                    f"model {new.version} was trained with spec hash {new.pipe.spec.hash}, the "
+                    f"server runs spec hash {old.pipe.spec.hash}: restart the server to change the spec",
+                )
             self.model = new  # the atomic switch
             self.ready = True
             self.last_error = None

@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 import numpy as np
 from litestar import Request, Response, get, post
+from litestar.params import FromPath
 
 from kernels.spec import FeatureSpec
 from server.holder import ModelHolder
@@ -189,11 +190,11 @@ def kserve_routes(
         return Response({"ready": ok}, status_code=200 if ok else 503)
 
     @get("/v2/models/{name:str}", tags=["kserve-v2"])
-    async def model_meta(name: str) -> Response[Any]:
+    async def model_meta(name: FromPath[str]) -> Response[Any]:
         return check_name(name) or Response(metadata())
 
     @get("/v2/models/{name:str}/ready", tags=["kserve-v2"])
-    async def model_ready(name: str) -> Response[Any]:
+    async def model_ready(name: FromPath[str]) -> Response[Any]:
         bad = check_name(name)
         if bad:
             return bad
@@ -201,7 +202,7 @@ def kserve_routes(
         return Response({"name": name, "ready": ok}, status_code=200 if ok else 503)
 
     @post("/v2/models/{name:str}/infer", status_code=200, tags=["kserve-v2"])
-    async def infer(name: str, request: Request[Any, Any, Any]) -> Response[bytes]:
+    async def infer(name: FromPath[str], request: Request[Any, Any, Any]) -> Response[bytes]:
         bad = check_name(name)
         if bad:
             return bad
