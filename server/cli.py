@@ -369,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--engine",
         choices=["onnx", "numba", "lightgbm"],
-        help="default: $INTELLILOG_ENGINE or onnx",
+        help="default: $INTELLILOG_ENGINE or numba",
     )
     s.add_argument("--spec", help="check the model was trained with this spec")
     s.add_argument("--rejects", help="reject file (default: OUT.rejects.csv)")

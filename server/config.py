@@ -27,7 +27,7 @@ class Settings:
     tenant_id: str = "default"
     database_url: str = "sqlite:///./intellilog.db"
     model_artifact_path: str = "./models"
-    engine: str = "onnx"
+    engine: str = "numba"  # bit-exact with LightGBM; fastest here for one row and for batches (bench/RESULTS.md)
     allow_gpu: bool = True
     enable_drift_detection: bool = True
     enable_ab_testing: bool = False

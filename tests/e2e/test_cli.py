@@ -381,7 +381,7 @@ def test_score_csv_to_parquet(
     report = score_json(cli, src, "--out", dst, "--registry", trained.registry)
     assert report["rows_in"] == report["rows_scored"] == 500
     assert report["rows_rejected"] == 0 and report["rejects"] is None
-    assert report["model_version"] == "v1" and report["engine"] == "onnx"
+    assert report["model_version"] == "v1" and report["engine"] == "numba"
     check_scored(pq.read_table(dst), new_orders.column("order_id").to_pylist())
     assert not (tmp_path / "etas.rejects.csv").exists()
 

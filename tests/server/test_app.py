@@ -389,7 +389,7 @@ def test_models_describes_what_is_served(client: Any) -> None:
     s = body["serving"]
     assert s["version"] == "v1"
     assert s["alias"] == "production"
-    assert s["engine"] == "onnx"
+    assert s["engine"] == "numba"
     assert s["device"] == "cpu"
     assert s["spec"] == "deliveries" and len(s["spec_hash"]) == 16
     assert body["aliases"] == {"production": "v1"}
@@ -407,8 +407,8 @@ def test_metrics_count_requests_errors_and_model(client: Any) -> None:
         text, "intellilog_http_requests_total", route="/v1/predict", method="POST", status="200"
     )
     assert n200 >= 1
-    assert kit.metric(text, "intellilog_model_info", version="v1", engine="onnx") == 1
-    assert 'intellilog_model_info{device="cpu",engine="onnx",version="v1"} 1.0' in text
+    assert kit.metric(text, "intellilog_model_info", version="v1", engine="numba") == 1
+    assert 'intellilog_model_info{device="cpu",engine="numba",version="v1"} 1.0' in text
 
     v_before = kit.metric(text, "intellilog_errors_total", kind="validation_error")
     r422_before = kit.metric(
@@ -554,8 +554,8 @@ def test_admin_promote_and_rollback_swap_the_served_model(
     assert models_v2["serving"]["version"] == "v2"
     assert models_v2["aliases"] == {"production": "v2"}
     text = scrape(c)
-    assert kit.metric(text, "intellilog_model_info", version="v2", engine="onnx") == 1
-    assert kit.metric(text, "intellilog_model_info", version="v1", engine="onnx") == 0
+    assert kit.metric(text, "intellilog_model_info", version="v2", engine="numba") == 1
+    assert kit.metric(text, "intellilog_model_info", version="v1", engine="numba") == 0
 
     r = post_json(c, "/v1/admin/rollback", {}, **auth)
     assert r.status_code == 200, r.text
@@ -621,7 +621,7 @@ def test_broken_version_is_refused_and_old_one_keeps_serving(
     text = scrape(c)
     assert kit.metric(text, "intellilog_model_reloads_total", result="failed") == failed0 + 1
     assert kit.metric(text, "intellilog_model_reloads_total", result="ok") == ok0
-    assert kit.metric(text, "intellilog_model_info", version="v1", engine="onnx") == 1
+    assert kit.metric(text, "intellilog_model_info", version="v1", engine="numba") == 1
 
 
 def test_admin_reload_of_a_broken_version_is_409(

@@ -10,7 +10,7 @@ from server.config import load_dotenv, load_settings
 
 def test_defaults_and_env_override(tmp_path: Path) -> None:
     s = load_settings({}, dotenv=None)
-    assert s.environment == "development" and s.engine == "onnx" and s.rate_limit_per_minute == 0
+    assert s.environment == "development" and s.engine == "numba" and s.rate_limit_per_minute == 0
     env = {
         "ENVIRONMENT": "production",
         "ENABLE_AB_TESTING": "yes",
