@@ -170,21 +170,23 @@ def _handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respon
     metrics.ERRORS.labels(code).inc()
     if status >= 500:
         log.error(
-            "%s %s -> %d %s",
+            "%s %s -> %d %s (request %s)",
             request.method,
             request.url.path,
             status,
             exc,
+            rid,
             exc_info=not isinstance(exc, IntelliLogError),
             extra={"request_id": rid},
         )
     else:
         log.info(
-            "%s %s -> %d %s",
+            "%s %s -> %d %s (request %s)",
             request.method,
             request.url.path,
             status,
             message,
+            rid,
             extra={"request_id": rid},
         )
     return _error_response(rid, status, code, message, errors)

@@ -60,3 +60,20 @@ def test_bad_values_name_the_variable(var: str, value: str) -> None:
     with pytest.raises(ConfigError) as exc:
         load_settings({var: value}, dotenv=None)
     assert var in str(exc.value)
+
+
+def test_production_logs_are_json_lines_with_request_id() -> None:
+    import io
+    import json
+    import logging
+
+    from server.logs import configure_logging
+
+    configure_logging("production", "INFO")
+    log = logging.getLogger("intellilog.server")
+    buf = io.StringIO()
+    log.parent.handlers[0].setStream(buf)  # type: ignore[union-attr]
+    log.info("POST /v1/predict -> 422 bad (request r1)", extra={"request_id": "r1"})
+    rec = json.loads(buf.getvalue().strip())
+    assert rec["level"] == "info" and rec["request_id"] == "r1" and rec["logger"] == "intellilog.server"
+    configure_logging("development", "INFO")
