@@ -75,5 +75,9 @@ def test_production_logs_are_json_lines_with_request_id() -> None:
     log.parent.handlers[0].setStream(buf)  # type: ignore[union-attr]
     log.info("POST /v1/predict -> 422 bad (request r1)", extra={"request_id": "r1"})
     rec = json.loads(buf.getvalue().strip())
-    assert rec["level"] == "info" and rec["request_id"] == "r1" and rec["logger"] == "intellilog.server"
+    assert (
+        rec["level"] == "info"
+        and rec["request_id"] == "r1"
+        and rec["logger"] == "intellilog.server"
+    )
     configure_logging("development", "INFO")
