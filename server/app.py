@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hmac
 import logging
 import math
@@ -22,10 +23,11 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
+from urllib.parse import parse_qs
 
 import msgspec
 import numpy as np
-from litestar import Litestar, Request, Response, get, post
+from litestar import Litestar, Request, Response, asgi, get, post
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
@@ -55,6 +57,8 @@ __all__ = ["create_app"]
 log = logging.getLogger("intellilog.server")
 
 JSON = "application/json"
+Receive = Callable[[], Awaitable[Any]]
+Send = Callable[[Any], Awaitable[None]]
 
 # ---- errors: one table from product errors to HTTP -------------------------------------------
 
@@ -460,41 +464,73 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
                 errs.append(_split_msgspec(str(exc), f"$.deliveries[{i}]"))
         return errs
 
-    @post(
-        "/v1/predict",
-        status_code=200,
-        operation_class=_body_doc(Item),
-        summary="ETA for one delivery",
-        tags=["predict"],
-    )
-    async def predict(request: Request[Any, Any, Any]) -> Response[bytes]:
-        _check_json(request)
-        body = await request.body()
+    max_body = int(settings.max_body_mb * 1024 * 1024)
+    single_latency = metrics.PREDICTION_LATENCY.labels("single")
+    batch_latency = metrics.PREDICTION_LATENCY.labels("batch")
+
+    async def read_json(scope: Any, receive: Receive) -> tuple[bytes, str]:
+        """Body and request id of a JSON POST, straight from ASGI (one header pass)."""
+        ct, given = b"", b""
+        for k, v in scope["headers"]:
+            if k == b"content-type":
+                ct = v
+            elif k == b"x-request-id":
+                given = v
+        rid = given.decode("latin-1") if 0 < len(given) <= 128 else uuid.uuid4().hex
+        scope["_rid"] = rid
+        if scope["method"] != "POST":
+            raise HTTPException(status_code=405, detail=f"{scope['method']} not allowed; use POST")
+        if not ct.lower().startswith(b"application/json"):
+            raise _ApiError(
+                415,
+                "unsupported_media_type",
+                f"Content-Type must be {JSON}, got {ct.decode('latin-1') or 'none'!r}",
+            )
+        body = b""
+        while True:
+            msg = await receive()
+            body += msg.get("body", b"")
+            if len(body) > max_body:
+                raise HTTPException(status_code=413, detail="request body too large")
+            if not msg.get("more_body", False):
+                return body, rid
+
+    async def send_json(send: Send, payload: bytes, rid: str) -> None:
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(payload)).encode()),
+            (b"x-request-id", rid.encode("latin-1")),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
+    # The two prediction routes are Litestar ASGI routes: routed, and guarded by the
+    # error table and exception middleware like every route, but without Litestar's
+    # Request/signature/Response layers, which cost about twice the features and the
+    # model (bench/RESULTS.md, HTTP). _document() adds them to the OpenAPI document.
+    @asgi("/v1/predict", copy_scope=False)
+    async def predict(scope: Any, receive: Receive, send: Send) -> None:
+        body, rid = await read_json(scope, receive)
         item = dec_one.decode(body)
         model = holder.model
         assert model is not None
         t0 = time.perf_counter()
         X = model.pipe.row(item, np.empty((1, model.pipe.n_features), dtype=np.float32))
         eta, p10, p90 = model.predict(X)
-        metrics.PREDICTION_LATENCY.labels("single").observe(time.perf_counter() - t0)
-        rid = _rid(request)
+        single_latency.observe(time.perf_counter() - t0)
         out = Prediction(
             getattr(item, key), float(eta[0]), float(p10[0]), float(p90[0]), model.version, rid
         )
-        if request.query_params.get("explain", "").lower() in ("1", "true", "yes"):
-            out.explanation, out.base_minutes = explain(model, X)
-        return Response(_enc.encode(out), media_type=JSON, headers={"x-request-id": rid})
+        qs = scope.get("query_string", b"")
+        if qs:
+            flag = parse_qs(qs.decode("latin-1")).get("explain", [""])[-1].lower()
+            if flag in ("1", "true", "yes"):
+                out.explanation, out.base_minutes = explain(model, X)
+        await send_json(send, _enc.encode(out), rid)
 
-    @post(
-        "/v1/predict/batch",
-        status_code=200,
-        operation_class=_body_doc(BatchRequest),
-        summary="ETAs for many deliveries, in order",
-        tags=["predict"],
-    )
-    async def predict_batch(request: Request[Any, Any, Any]) -> Response[bytes]:
-        _check_json(request)
-        body = await request.body()
+    @asgi("/v1/predict/batch", copy_scope=False)
+    async def predict_batch(scope: Any, receive: Receive, send: Send) -> None:
+        body, rid = await read_json(scope, receive)
         try:
             batch = dec_batch.decode(body)
         except msgspec.ValidationError as exc:
@@ -512,19 +548,14 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
 
         # small batches inline; big ones off the event loop so other requests keep flowing
         eta, p10, p90 = run() if len(items) <= 256 else await asyncio.to_thread(run)
-        metrics.PREDICTION_LATENCY.labels("batch").observe(time.perf_counter() - t0)
+        batch_latency.observe(time.perf_counter() - t0)
         metrics.BATCH_ROWS.observe(len(items))
         v = model.version
         preds = [
             BatchItem(getattr(it, key), e, lo, hi, v)
             for it, e, lo, hi in zip(items, eta.tolist(), p10.tolist(), p90.tolist(), strict=True)
         ]
-        rid = _rid(request)
-        return Response(
-            _enc.encode(BatchResponse(preds, len(preds), v, rid)),
-            media_type=JSON,
-            headers={"x-request-id": rid},
-        )
+        await send_json(send, _enc.encode(BatchResponse(preds, len(preds), v, rid)), rid)
 
     @get("/health/live", tags=["health"])
     async def live() -> dict[str, str]:
@@ -673,7 +704,62 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
         ),
         debug=False,
     )
+    _document(app, Item, BatchRequest)
     limiter = (
         _Buckets(settings.rate_limit_per_minute) if settings.rate_limit_per_minute > 0 else None
     )
+    # the start-up heap (model, numba, onnxruntime, Litestar) leaves the collector's view:
+    # full collections walked it every few seconds under load (85-115 ms pauses)
+    gc.collect()
+    gc.freeze()
     return _Edge(app, limiter)
+
+
+def _document(app: Litestar, item: Any, batch: Any) -> None:
+    """Add the ASGI prediction routes to the generated OpenAPI document."""
+    from litestar._openapi.plugin import OpenAPIPlugin
+    from litestar.openapi.spec import OpenAPIResponse as OAResponse
+    from litestar.openapi.spec import Parameter, PathItem
+
+    def schema_of(t: Any) -> Schema:
+        js = msgspec.json.schema(t)
+        return _schema(js, js.get("$defs", {}))
+
+    def op(body: Any, out: Any, summary: str, op_id: str, explain: bool = False) -> Operation:
+        params = [
+            Parameter(
+                name="explain",
+                param_in="query",
+                required=False,
+                schema=Schema(type=OpenAPIType.BOOLEAN),
+                description="add the top feature contributions in minutes",
+            )
+        ]
+        return Operation(
+            operation_id=op_id,
+            summary=summary,
+            tags=["predict"],
+            parameters=params if explain else None,  # type: ignore[arg-type]
+            request_body=RequestBody(
+                content={JSON: OpenAPIMediaType(schema=schema_of(body))}, required=True
+            ),
+            responses={
+                "200": OAResponse(
+                    description="ETAs", content={JSON: OpenAPIMediaType(schema=schema_of(out))}
+                ),
+                "4XX": OAResponse(
+                    description="bad input; the error names the field path",
+                    content={JSON: OpenAPIMediaType(schema=schema_of(ErrorResponse))},
+                ),
+            },
+        )
+
+    doc = app.plugins.get(OpenAPIPlugin).provide_openapi()
+    paths = dict(doc.paths or {})
+    paths["/v1/predict"] = PathItem(
+        post=op(item, Prediction, "ETA for one delivery", "V1Predict", explain=True)
+    )
+    paths["/v1/predict/batch"] = PathItem(
+        post=op(batch, BatchResponse, "ETAs for many deliveries, in order", "V1PredictBatch")
+    )
+    doc.paths = paths

@@ -10,6 +10,7 @@ one keeps serving, and the failure is logged and counted.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from pathlib import Path
@@ -120,6 +121,7 @@ class ModelHolder:
                     f"server runs spec hash {old.pipe.spec.hash}: restart the server to change the spec",
                 )
             self.model = new  # the atomic switch
+            gc.freeze()  # keep the new model's heap out of full collections too
             self.ready = True
             self.last_error = None
             self._info(old, new)
