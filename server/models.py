@@ -42,8 +42,12 @@ def load_model(
     ``spec``, when given, must be the spec the model was trained with (same hash).
     ``threads`` <= 0 means every core.
     """
-    if threads <= 0:  # 0: every core
-        threads = os.cpu_count() or 1
+    if threads <= 0:  # 0: every core this process may run on
+        threads = (
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else (os.cpu_count() or 1)
+        )
     version = registry.resolve(ref)
     manifest = registry.verify(version)
     try:

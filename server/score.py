@@ -108,6 +108,15 @@ def _key_column(table: pa.Table, name: str) -> str | None:
 
 
 def _peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM). ru_maxrss is not used first: on
+    Linux it carries over the launching process's peak across exec."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 

@@ -116,7 +116,8 @@ def iter_batches(
     rows = 0
     try:
         if fmt == "parquet":
-            pf = pq.ParquetFile(p)
+            # no pre-buffering: Arrow's buffers otherwise grow with every row group read
+            pf = pq.ParquetFile(p, pre_buffer=False)
             names = pf.schema_arrow.names
             _check_columns(p, names, spec, need_target)
             for rb in pf.iter_batches(batch_size=batch_rows):
