@@ -372,28 +372,7 @@ def _schema(js: dict[str, Any], defs: dict[str, Any]) -> Schema:
     return Schema(**kw)
 
 
-def _body_doc(struct: Any) -> type[Operation]:
-    js = msgspec.json.schema(struct)
-    defs = js.get("$defs", {})
-    body = RequestBody(content={JSON: OpenAPIMediaType(schema=_schema(js, defs))}, required=True)
-
-    class _Op(Operation):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.request_body = body
-
-    return _Op
-
-
 # ---- the app -----------------------------------------------------------------------------------
-
-
-def _check_json(request: Request[Any, Any, Any]) -> None:
-    ct = request.headers.get("content-type", "")
-    if not ct.lower().startswith(JSON):
-        raise _ApiError(
-            415, "unsupported_media_type", f"Content-Type must be {JSON}, got {ct or 'none'!r}"
-        )
 
 
 def create_app(settings: Settings | None = None, holder: ModelHolder | None = None) -> Any:
@@ -594,7 +573,7 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
     handlers: list[Any] = [predict, predict_batch, live, ready, models, prometheus]
     from server.kserve import kserve_routes
 
-    handlers += kserve_routes(holder, spec, dec_one, max_batch)
+    handlers += kserve_routes(holder, spec, max_batch)
 
     if settings.admin_token:
         token = settings.admin_token

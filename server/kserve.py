@@ -81,9 +81,7 @@ def _flatten(data: list[Any]) -> list[Any]:
     return data
 
 
-def kserve_routes(
-    holder: ModelHolder, spec: FeatureSpec, dec_one: Any, max_batch: int
-) -> list[Any]:
+def kserve_routes(holder: ModelHolder, spec: FeatureSpec, max_batch: int) -> list[Any]:
     Item = spec.request_struct
     kinds: dict[str, tuple[str, ...]] = {
         spec.pickup_lat: _NUM,
