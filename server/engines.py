@@ -37,8 +37,11 @@ from kernels.errors import ConfigError, InferenceError, ModelLoadError
 from kernels.forest import (
     BLOCK,
     predict_forest,
+    predict_forest_fast,
+    predict_forest_fast_parallel,
     predict_forest_parallel,
     predict_forest_row,
+    predict_forest_row_fast,
 )
 from training.export import ENGINE_FILES, Forest
 
@@ -298,6 +301,9 @@ class NumbaEngine:
         self.path = path
         self.forest = Forest.load(path)
         self._args = self.forest.args()
+        # missing-value rules applied once per row (kernels.forest *_fast), unless a
+        # feature uses LightGBM's Zero missing type
+        self._kinds = self.forest.kinds()
         self.n_features = self.forest.n_features
         self.threads = max(1, min(int(threads), int(getattr(numba.config, "NUMBA_NUM_THREADS", 1))))
         self.parallel_from = max(1, int(parallel_from))
@@ -305,7 +311,10 @@ class NumbaEngine:
     def predict(self, X: np.ndarray) -> np.ndarray:
         X = _matrix(X, self.n_features, self.name)
         n = X.shape[0]
+        kinds = self._kinds
         if n == 1:
+            if kinds is not None:
+                return np.array([predict_forest_row_fast(X, *self._args, kinds)])
             return np.array([predict_forest_row(X, *self._args)])
         out = np.empty(n, dtype=np.float64)
         if self.threads > 1 and n >= self.parallel_from:
@@ -313,7 +322,12 @@ class NumbaEngine:
 
             with _PARALLEL_LOCK:
                 numba.set_num_threads(self.threads)
-                predict_forest_parallel(X, *self._args, out)
+                if kinds is not None:
+                    predict_forest_fast_parallel(X, *self._args, kinds, out)
+                else:
+                    predict_forest_parallel(X, *self._args, out)
+        elif kinds is not None:
+            predict_forest_fast(X, *self._args, kinds, out)
         else:
             predict_forest(X, *self._args, out)
         return out
@@ -321,12 +335,14 @@ class NumbaEngine:
     def warmup(self) -> None:
         """Compile (or load from numba's cache) all three kernels."""
         X = np.zeros((2, self.n_features), dtype=np.float32)
-        out = np.empty(2, dtype=np.float64)
-        predict_forest_row(X[:1], *self._args)
-        predict_forest(X, *self._args, out)
+        self.predict(X[:1])
+        self.predict(X)
         if self.threads > 1:
-            with _PARALLEL_LOCK:
-                predict_forest_parallel(X, *self._args, out)
+            saved, self.parallel_from = self.parallel_from, 1
+            try:
+                self.predict(X)
+            finally:
+                self.parallel_from = saved
 
 
 def load_engine(
