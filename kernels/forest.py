@@ -48,7 +48,8 @@ with ``v = float64(X[i, feature])``:
   dense-matrix reader drops such values as zeros before the trees see them). If
   (missing type Zero and ``v == 0``) or (missing type NaN and ``v`` is NaN): go to
   the default child (left iff ``FLAG_DEFAULT_LEFT``). Else left iff ``v <= threshold``.
-  ``±inf`` compare as ordinary numbers (``+inf`` right, ``-inf`` left).
+  Values beyond ±1e300 (i.e. ``±inf``) are clamped to ±1e300 first, as LightGBM's
+  ``AvoidInf`` does; so ``+inf`` goes left at a "no upper bound" threshold (stored 1e300).
 * categorical: NaN goes right; ``c = int(v)`` truncated toward zero; ``c < 0`` (i.e.
   ``v <= -1``) or ``v >= 2**31`` (LightGBM's int cast overflows to a negative
   number there) goes right; else left iff ``c`` is in the node's set (unseen codes
@@ -127,6 +128,9 @@ NODE_DTYPE = np.dtype(
 
 # LightGBM's kZeroThreshold is the float 1e-35f, compared after widening to double.
 _ZERO = float(np.float32(1e-35))
+# LightGBM clamps feature values beyond ±1e300 (Common::AvoidInf) before comparing, and
+# stores "no upper bound" thresholds as 1e300: +inf must go left at such a node.
+_HUGE = 1e300
 _INT_LIMIT = 2147483648.0
 
 #: Rows per block of the batch kernels (tree-major inside a block; measured best
@@ -166,6 +170,10 @@ def _leaf(
                 v = 0.0
             elif v >= -_ZERO and v <= _ZERO:
                 v = 0.0  # LightGBM's dense-row reader drops |v| <= 1e-35f as zero
+            elif v > _HUGE:
+                v = _HUGE
+            elif v < -_HUGE:
+                v = -_HUGE
             if mt == MISSING_ZERO and v == 0.0:
                 go_left = flags & FLAG_DEFAULT_LEFT != 0
             else:
@@ -335,8 +343,13 @@ def _normalise(X: np.ndarray, i: int, kinds: np.ndarray, x: np.ndarray, j: int) 
         if np.isnan(v):
             if kinds[f] == KIND_NUMERIC:
                 v = 0.0
-        elif v >= -_ZERO and v <= _ZERO and kinds[f] != KIND_CATEGORICAL:
-            v = 0.0
+        elif kinds[f] != KIND_CATEGORICAL:
+            if v >= -_ZERO and v <= _ZERO:
+                v = 0.0
+            elif v > _HUGE:
+                v = _HUGE
+            elif v < -_HUGE:
+                v = -_HUGE
         x[j, f] = v
 
 

@@ -452,7 +452,9 @@ def _split_info(booster: lgb.Booster) -> tuple[set[int], list[dict[tuple[int, fl
             nan_feats.add(f)
         if node.get("decision_type") == "<=":
             thr = float(node["threshold"])
-            acc.setdefault((f, float(np.float32(thr))), set()).add(thr)
+            with np.errstate(over="ignore"):  # 1e300 ("no upper bound") rounds to inf
+                key = (f, float(np.float32(thr)))
+            acc.setdefault(key, set()).add(thr)
         walk(node["left_child"], acc)
         walk(node["right_child"], acc)
 
@@ -498,7 +500,10 @@ def _make_exact(model: Any, booster: lgb.Booster) -> None:
             if mode == "BRANCH_LEQ":
                 cands = trees[tree_ids[i]].get((feats[i], float(np.float32(vals[i]))), set())
                 if len(cands) == 1:
-                    vals[i] = _floor32(next(iter(cands)))
+                    thr = next(iter(cands))
+                    # LightGBM clamps inputs to ±1e300, so +inf goes left at a 1e300
+                    # ("no upper bound") threshold: in float32 that threshold is +inf
+                    vals[i] = math.inf if thr >= 1e300 else _floor32(thr)
                 if feats[i] not in nan_feats:
                     new_tracks[i] = 1 if vals[i] >= 0.0 else 0
             elif mode == "BRANCH_EQ":

@@ -356,3 +356,34 @@ def test_onnx_exact_at_float32_rounded_thresholds(
         got = sess.run(None, {"input": X})[0]  # type: ignore[attr-defined]
         rep = check_parity(trio[name].predict(X), got, X, "onnx")
         assert rep.passed, rep.describe()
+
+
+def test_positive_infinity_at_no_upper_bound_splits(tmp_path: Path) -> None:
+    """LightGBM stores the 'not missing' side of a NaN split as threshold 1e300 and clamps
+    inputs to ±1e300, so +inf goes *left* there; every engine must agree (found by a
+    benchmark on random rows: both kernels and ONNX sent +inf right)."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(3)
+    n, f = 6000, 4
+    X = rng.normal(size=(n, f)).astype(np.float32)
+    X[rng.random(n) < 0.2, 2] = np.nan
+    y = X[:, 0] + np.where(np.isnan(X[:, 2]), 4.0, 0.0) + rng.normal(size=n) * 0.1  # NaN-only split
+    b = lgb.train({"num_leaves": 15, "verbose": -1}, lgb.Dataset(X, y), 40)
+    forest = flatten_booster(b)
+    assert np.any(forest.nodes["threshold"] >= 1e300), "no 1e300 threshold in the model"
+    rows = rng.normal(size=(400, f)).astype(np.float32)
+    rows[:, 2] = np.inf
+    rows[::2, 2] = -np.inf
+    rows[::5, 2] = np.nan
+    ref = b.predict(rows)
+    _assert_exact_all(forest, rows, ref)
+    path = export_onnx(b, f, tmp_path / "m.onnx")
+    got = ort.InferenceSession(str(path)).run(None, {"input": rows})[0].ravel()
+    assert np.max(np.abs(got - ref) / np.maximum(1, np.abs(ref))) < 1e-5
+
+
+def _assert_exact_all(forest: Forest, X: np.ndarray, ref: np.ndarray) -> None:
+    assert np.array_equal(forest.predict(X), ref)
+    assert np.array_equal(forest.predict(X, parallel=True), ref)
+    assert np.array_equal(np.array([forest.predict_row(X[i : i + 1]) for i in range(len(X))]), ref)
