@@ -33,9 +33,9 @@ lint: venv
 	$(BIN)/ruff format --check kernels training server bench tests
 	$(BIN)/mypy
 
-# Tests: lint, types, the suite with coverage.
+# Tests: lint, types, the suite with coverage, and the speed gates (ratios in bench/budgets.toml).
 test: lint
-	$(BIN)/python -m pytest --cov --cov-report=term:skip-covered -q
+	$(BIN)/python -m pytest --cov --cov-report=term:skip-covered -q tests bench/test_gates.py
 
 clean:
 	rm -rf $(VENV) .setuptools-build *.egg-info data out models .pytest_cache .mypy_cache .ruff_cache .coverage
