@@ -599,8 +599,6 @@ BAD_FILES: dict[str, tuple[Callable[[Path, pa.Table], Path], tuple[str, ...]]] =
 }
 COMMANDS = ("validate", "evaluate", "score", "train")
 
-_KNOWN_BUGS: dict[tuple[str, str], tuple[()]] = {}
-
 
 def _argv(command: str, path: Path, registry: Path, tmp_path: Path) -> list[str | Path]:
     if command == "validate":
@@ -630,9 +628,7 @@ def _check_error(res: CliResult, command: str, mentions: tuple[str, ...]) -> Non
 @pytest.mark.parametrize(
     ("case", "command"),
     [
-        pytest.param(
-            case, command, id=f"{case}-{command}", marks=_KNOWN_BUGS.get((case, command), ())
-        )
+        pytest.param(case, command, id=f"{case}-{command}")
         for case in BAD_FILES
         for command in COMMANDS
     ],
