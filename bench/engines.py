@@ -53,7 +53,7 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 
-from kernels.forest import predict_forest_fast, predict_forest_row_fast
+from kernels.forest import predict_forest, predict_forest_row
 from server.engines import Engine, load_engine
 from training import optional
 from training.export import ENGINE_FILES, export_engines
@@ -242,12 +242,12 @@ def measure_throughput(
 
 
 def _forest_row(x: np.ndarray, fargs: tuple[Any, ...]) -> Any:
-    kernel: Any = predict_forest_row_fast
+    kernel: Any = predict_forest_row
     return kernel(x, *fargs)
 
 
 def _forest(X: np.ndarray, fargs: tuple[Any, ...], out: np.ndarray) -> Any:
-    kernel: Any = predict_forest_fast
+    kernel: Any = predict_forest
     return kernel(X, *fargs, out)
 
 
@@ -267,7 +267,7 @@ def bare_calls(subjects: list[Subject], reps: int = 2) -> dict[str, dict[str, fl
         bare_row: Callable[[np.ndarray], Any]
         bare_big: Callable[[np.ndarray], Any]
         if s.result.engine == "numba" and hasattr(e, "forest"):
-            fargs = (*e.forest.args(), e.forest.kinds())  # the kernels NumbaEngine calls
+            fargs = tuple(e.forest.args())
             bare_row = functools.partial(_forest_row, fargs=fargs)
             bare_big = functools.partial(_forest, fargs=fargs, out=np.empty(BIG))
         elif s.result.engine in ("onnx", "hummingbird") and hasattr(e, "_session"):

@@ -65,10 +65,19 @@ Batch kernels work in blocks of ``BLOCK`` rows, tree-major inside a block (one
 tree's nodes stay in cache while the block's rows walk it: ~1.7x the rows/s of a
 row-major loop on a 500-tree forest); every row still adds its trees in order, so
 results are bit-identical to the row-major order and to LightGBM.
-:func:`predict_forest_row` is the one-row path (returns a float, no allocation).
+:func:`predict_forest_row` is the one-row path (returns a float).
+
+Missing-value rules are applied once per row, not at every node: LightGBM fixes the
+missing type per feature (its bin mapper), so :func:`feature_kinds` gives one
+``KIND_*`` per feature and each row is first normalised into float64: ``|v| <= 1e-35f``
+becomes 0 and ``±inf`` becomes ±1e300; NaN becomes 0 on ``KIND_NUMERIC`` features;
+on ``KIND_NUMERIC_ZERO`` features 0 and NaN become NaN. A numerical node is then only
+"left iff ``x <= threshold``, else NaN takes the default branch, else right" —
+the rules above, with one comparison and one NaN test per node.
 
 All kernels are pure: no I/O, no global state; callers allocate ``out`` (float64[n]).
-There are no bounds checks: only pass a forest that passed ``Forest.validate``.
+There are no bounds checks: only pass a forest that passed ``Forest.validate``
+(``Forest.args()`` gives every kernel argument after ``X``, ``kinds`` included).
 """
 
 from __future__ import annotations
@@ -83,7 +92,7 @@ __all__ = [
     "KIND_CATEGORICAL",
     "KIND_NUMERIC",
     "KIND_NUMERIC_NAN",
-    "KIND_UNSUPPORTED",
+    "KIND_NUMERIC_ZERO",
     "MISSING_MASK",
     "MISSING_NAN",
     "MISSING_NONE",
@@ -95,11 +104,8 @@ __all__ = [
     "TRANSFORM_SQUARE",
     "feature_kinds",
     "predict_forest",
-    "predict_forest_fast",
-    "predict_forest_fast_parallel",
     "predict_forest_parallel",
     "predict_forest_row",
-    "predict_forest_row_fast",
 ]
 
 MISSING_NONE = 0
@@ -138,21 +144,62 @@ _INT_LIMIT = 2147483648.0
 BLOCK = 256
 
 
+#: ``feature_kinds`` values: how a feature's splits treat missing values.
+KIND_NUMERIC = 0  # numerical, missing type None: NaN is compared as 0
+KIND_NUMERIC_NAN = 1  # numerical, missing type NaN: NaN takes the default branch
+KIND_CATEGORICAL = 2
+KIND_NUMERIC_ZERO = 3  # numerical, missing type Zero (zero_as_missing): 0 and NaN default
+
+
+@njit(cache=True)
+def feature_kinds(nodes: np.ndarray, n_features: int) -> np.ndarray:
+    """``KIND_*`` of every feature, read off the nodes that split on it."""
+    kinds = np.zeros(n_features, dtype=np.uint8)
+    for k in range(nodes.shape[0]):
+        nd = nodes[k]
+        f = nd.feature
+        if nd.flags & FLAG_CATEGORICAL:
+            kinds[f] = KIND_CATEGORICAL
+        elif nd.flags & MISSING_MASK == MISSING_NAN:
+            kinds[f] = KIND_NUMERIC_NAN
+        elif nd.flags & MISSING_MASK == MISSING_ZERO:
+            kinds[f] = KIND_NUMERIC_ZERO
+    return kinds
+
+
+@njit(cache=True, inline="always")
+def _normalise(X: np.ndarray, i: int, kinds: np.ndarray, x: np.ndarray, j: int) -> None:
+    """Row ``i`` of ``X`` into ``x[j]`` with the missing-value rules applied (module doc)."""
+    for f in range(X.shape[1]):
+        v = float(X[i, f])
+        k = kinds[f]
+        if k != KIND_CATEGORICAL:  # categorical values are used as they are
+            if np.isnan(v):
+                if k == KIND_NUMERIC:
+                    v = 0.0
+            elif v >= -_ZERO and v <= _ZERO:
+                v = np.nan if k == KIND_NUMERIC_ZERO else 0.0
+            elif v > _HUGE:
+                v = _HUGE
+            elif v < -_HUGE:
+                v = -_HUGE
+        x[j, f] = v
+
+
 @njit(cache=True, inline="always")
 def _leaf(
-    X: np.ndarray,
-    i: int,
+    x: np.ndarray,
+    j: int,
     node: int,
     nodes: np.ndarray,
     cat_bounds: np.ndarray,
     cat_bits: np.ndarray,
 ) -> int:
-    """Index into ``leaf_value`` of the leaf row ``i`` reaches from reference ``node``."""
+    """Index into ``leaf_value`` of the leaf normalised row ``x[j]`` reaches from ``node``."""
     while node >= 0:
         nd = nodes[node]
-        v = float(X[i, nd.feature])
-        flags = nd.flags
-        if flags & FLAG_CATEGORICAL:
+        v = x[j, nd.feature]
+        if nd.flags & FLAG_CATEGORICAL:
             go_left = False
             if v > -1.0 and v < _INT_LIMIT:  # False for NaN, ±inf, <= -1, >= 2**31
                 c = np.int64(v)  # truncation toward zero, as C++ static_cast<int>
@@ -161,24 +208,13 @@ def _leaf(
                 word = c >> 5
                 if word < cat_bounds[s + 1] - lo:
                     go_left = (cat_bits[lo + word] >> np.uint32(c & 31)) & np.uint32(1) != 0
-        else:
-            mt = flags & MISSING_MASK
-            if np.isnan(v):
-                if mt == MISSING_NAN:
-                    node = nd.left if flags & FLAG_DEFAULT_LEFT else nd.right
-                    continue
-                v = 0.0
-            elif v >= -_ZERO and v <= _ZERO:
-                v = 0.0  # LightGBM's dense-row reader drops |v| <= 1e-35f as zero
-            elif v > _HUGE:
-                v = _HUGE
-            elif v < -_HUGE:
-                v = -_HUGE
-            if mt == MISSING_ZERO and v == 0.0:
-                go_left = flags & FLAG_DEFAULT_LEFT != 0
-            else:
-                go_left = v <= nd.threshold
-        node = nd.left if go_left else nd.right
+            node = nd.left if go_left else nd.right
+        elif v <= nd.threshold:
+            node = nd.left
+        elif v == v:
+            node = nd.right
+        else:  # missing: the default branch
+            node = nd.left if nd.flags & FLAG_DEFAULT_LEFT else nd.right
     return -node - 1
 
 
@@ -207,17 +243,22 @@ def _block(
     divisor: float,
     transform: int,
     transform_param: float,
+    kinds: np.ndarray,
     out: np.ndarray,
 ) -> None:
-    """Rows ``start:end``, tree-major: one tree's nodes stay in cache while every
-    row of the block walks it; each row still sums its trees in order (exact)."""
-    acc = np.zeros(end - start)
+    """Rows ``start:end``, normalised once, then tree-major: one tree's nodes stay in
+    cache while every row of the block walks it; each row still sums its trees in order."""
+    m = end - start
+    x = np.empty((m, X.shape[1]))
+    for j in range(m):
+        _normalise(X, start + j, kinds, x, j)
+    acc = np.zeros(m)
     for t in range(roots.shape[0]):
         root = roots[t]
-        for i in range(start, end):
-            acc[i - start] += leaf_value[_leaf(X, i, root, nodes, cat_bounds, cat_bits)]
-    for i in range(start, end):
-        out[i] = _finish(acc[i - start], divisor, transform, transform_param)
+        for j in range(m):
+            acc[j] += leaf_value[_leaf(x, j, root, nodes, cat_bounds, cat_bits)]
+    for j in range(m):
+        out[start + j] = _finish(acc[j], divisor, transform, transform_param)
 
 
 @njit(cache=True)
@@ -231,27 +272,17 @@ def predict_forest(
     divisor: float,
     transform: int,
     transform_param: float,
+    kinds: np.ndarray,
     out: np.ndarray,
 ) -> None:
     """Fill ``out[n]`` (float64) with the forest's prediction for every row of
-    ``X[n, F]`` (float32, C-contiguous), one thread, in blocks of ``BLOCK`` rows.
-    Layout and formulas: module docstring."""
+    ``X[n, F]`` (float32, C-contiguous), one thread, in blocks of ``BLOCK`` rows."""
     n = X.shape[0]
     for start in range(0, n, BLOCK):
         _block(
-            X,
-            start,
-            min(n, start + BLOCK),
-            nodes,
-            cat_bounds,
-            cat_bits,
-            roots,
-            leaf_value,
-            divisor,
-            transform,
-            transform_param,
-            out,
-        )
+            X, start, min(n, start + BLOCK), nodes, cat_bounds, cat_bits, roots, leaf_value,
+            divisor, transform, transform_param, kinds, out,
+        )  # fmt: skip
 
 
 @njit(cache=True, parallel=True)
@@ -265,28 +296,18 @@ def predict_forest_parallel(
     divisor: float,
     transform: int,
     transform_param: float,
+    kinds: np.ndarray,
     out: np.ndarray,
 ) -> None:
     """:func:`predict_forest` with the row blocks spread over numba's threads
     (``prange``; use ``numba.set_num_threads``). Results are identical."""
     n = X.shape[0]
-    n_blocks = (n + BLOCK - 1) // BLOCK
-    for b in prange(n_blocks):
+    for b in prange((n + BLOCK - 1) // BLOCK):
         start = b * BLOCK
         _block(
-            X,
-            start,
-            min(n, start + BLOCK),
-            nodes,
-            cat_bounds,
-            cat_bits,
-            roots,
-            leaf_value,
-            divisor,
-            transform,
-            transform_param,
-            out,
-        )
+            X, start, min(n, start + BLOCK), nodes, cat_bounds, cat_bits, roots, leaf_value,
+            divisor, transform, transform_param, kinds, out,
+        )  # fmt: skip
 
 
 @njit(cache=True)
@@ -300,212 +321,13 @@ def predict_forest_row(
     divisor: float,
     transform: int,
     transform_param: float,
+    kinds: np.ndarray,
 ) -> float:
     """The prediction for row 0 of ``X[1, F]``, returned as a float (no output
     array, no block accumulator: the single-request fast path)."""
-    acc = 0.0
-    for t in range(roots.shape[0]):
-        acc += leaf_value[_leaf(X, 0, roots[t], nodes, cat_bounds, cat_bits)]
-    return _finish(acc, divisor, transform, transform_param)
-
-
-#: ``feature_kinds`` values for :func:`predict_forest_row_fast`.
-KIND_NUMERIC = 0  # numerical splits, missing type None: NaN becomes 0
-KIND_NUMERIC_NAN = 1  # numerical splits, missing type NaN: NaN takes the default branch
-KIND_CATEGORICAL = 2
-KIND_UNSUPPORTED = 3  # missing type Zero (zero_as_missing): use the generic kernels
-
-
-@njit(cache=True)
-def feature_kinds(nodes: np.ndarray, n_features: int) -> np.ndarray:
-    """Per feature, how its splits treat missing values (``KIND_*``). LightGBM fixes
-    the missing type per feature (its bin mapper), so one kind per feature holds."""
-    kinds = np.zeros(n_features, dtype=np.uint8)
-    for k in range(nodes.shape[0]):
-        nd = nodes[k]
-        f = nd.feature
-        if nd.flags & FLAG_CATEGORICAL:
-            kinds[f] = KIND_CATEGORICAL
-        elif nd.flags & MISSING_MASK == MISSING_NAN:
-            kinds[f] = max(kinds[f], KIND_NUMERIC_NAN)
-        elif nd.flags & MISSING_MASK == MISSING_ZERO:
-            kinds[f] = KIND_UNSUPPORTED
-    return kinds
-
-
-@njit(cache=True, inline="always")
-def _normalise(X: np.ndarray, i: int, kinds: np.ndarray, x: np.ndarray, j: int) -> None:
-    """Row ``i`` of ``X`` into ``x[j]`` with the missing-value rules applied once:
-    ``|v| <= 1e-35f`` becomes 0 (not on categorical features, whose int cast makes it
-    0 anyway); NaN becomes 0 on ``KIND_NUMERIC`` features and stays NaN elsewhere."""
-    for f in range(X.shape[1]):
-        v = float(X[i, f])
-        if np.isnan(v):
-            if kinds[f] == KIND_NUMERIC:
-                v = 0.0
-        elif kinds[f] != KIND_CATEGORICAL:
-            if v >= -_ZERO and v <= _ZERO:
-                v = 0.0
-            elif v > _HUGE:
-                v = _HUGE
-            elif v < -_HUGE:
-                v = -_HUGE
-        x[j, f] = v
-
-
-@njit(cache=True, inline="always")
-def _leaf_normalised(
-    x: np.ndarray,
-    j: int,
-    node: int,
-    nodes: np.ndarray,
-    cat_bounds: np.ndarray,
-    cat_bits: np.ndarray,
-) -> int:
-    """:func:`_leaf` on a normalised row: a numerical node is ``x <= threshold`` (left),
-    else NaN (default branch; only on ``KIND_NUMERIC_NAN`` features), else right."""
-    while node >= 0:
-        nd = nodes[node]
-        v = x[j, nd.feature]
-        if nd.flags & FLAG_CATEGORICAL:
-            go_left = False
-            if v > -1.0 and v < _INT_LIMIT:
-                c = np.int64(v)
-                s = np.int64(nd.threshold)
-                lo = cat_bounds[s]
-                word = c >> 5
-                if word < cat_bounds[s + 1] - lo:
-                    go_left = (cat_bits[lo + word] >> np.uint32(c & 31)) & np.uint32(1) != 0
-            node = nd.left if go_left else nd.right
-        elif v <= nd.threshold:
-            node = nd.left
-        elif v == v:
-            node = nd.right
-        else:
-            node = nd.left if nd.flags & FLAG_DEFAULT_LEFT else nd.right
-    return -node - 1
-
-
-@njit(cache=True)
-def predict_forest_row_fast(
-    X: np.ndarray,
-    nodes: np.ndarray,
-    cat_bounds: np.ndarray,
-    cat_bits: np.ndarray,
-    roots: np.ndarray,
-    leaf_value: np.ndarray,
-    divisor: float,
-    transform: int,
-    transform_param: float,
-    kinds: np.ndarray,
-) -> float:
-    """:func:`predict_forest_row` with the missing-value rules applied once per row
-    (:func:`_normalise`) instead of at every node: the same decisions with fewer
-    branches per node. Forests with a ``KIND_UNSUPPORTED`` feature must use
-    :func:`predict_forest_row`."""
     x = np.empty((1, X.shape[1]))
     _normalise(X, 0, kinds, x, 0)
     acc = 0.0
     for t in range(roots.shape[0]):
-        acc += leaf_value[_leaf_normalised(x, 0, roots[t], nodes, cat_bounds, cat_bits)]
+        acc += leaf_value[_leaf(x, 0, roots[t], nodes, cat_bounds, cat_bits)]
     return _finish(acc, divisor, transform, transform_param)
-
-
-@njit(cache=True, inline="always")
-def _block_fast(
-    X: np.ndarray,
-    start: int,
-    end: int,
-    nodes: np.ndarray,
-    cat_bounds: np.ndarray,
-    cat_bits: np.ndarray,
-    roots: np.ndarray,
-    leaf_value: np.ndarray,
-    divisor: float,
-    transform: int,
-    transform_param: float,
-    kinds: np.ndarray,
-    out: np.ndarray,
-) -> None:
-    """:func:`_block` on rows normalised once into a block-sized float64 scratch."""
-    m = end - start
-    x = np.empty((m, X.shape[1]))
-    for j in range(m):
-        _normalise(X, start + j, kinds, x, j)
-    acc = np.zeros(m)
-    for t in range(roots.shape[0]):
-        root = roots[t]
-        for j in range(m):
-            acc[j] += leaf_value[_leaf_normalised(x, j, root, nodes, cat_bounds, cat_bits)]
-    for j in range(m):
-        out[start + j] = _finish(acc[j], divisor, transform, transform_param)
-
-
-@njit(cache=True)
-def predict_forest_fast(
-    X: np.ndarray,
-    nodes: np.ndarray,
-    cat_bounds: np.ndarray,
-    cat_bits: np.ndarray,
-    roots: np.ndarray,
-    leaf_value: np.ndarray,
-    divisor: float,
-    transform: int,
-    transform_param: float,
-    kinds: np.ndarray,
-    out: np.ndarray,
-) -> None:
-    """:func:`predict_forest` with rows normalised once per block (same results)."""
-    n = X.shape[0]
-    for start in range(0, n, BLOCK):
-        _block_fast(
-            X,
-            start,
-            min(n, start + BLOCK),
-            nodes,
-            cat_bounds,
-            cat_bits,
-            roots,
-            leaf_value,
-            divisor,
-            transform,
-            transform_param,
-            kinds,
-            out,
-        )
-
-
-@njit(cache=True, parallel=True)
-def predict_forest_fast_parallel(
-    X: np.ndarray,
-    nodes: np.ndarray,
-    cat_bounds: np.ndarray,
-    cat_bits: np.ndarray,
-    roots: np.ndarray,
-    leaf_value: np.ndarray,
-    divisor: float,
-    transform: int,
-    transform_param: float,
-    kinds: np.ndarray,
-    out: np.ndarray,
-) -> None:
-    """:func:`predict_forest_fast` with the row blocks spread over numba's threads."""
-    n = X.shape[0]
-    n_blocks = (n + BLOCK - 1) // BLOCK
-    for b in prange(n_blocks):
-        start = b * BLOCK
-        _block_fast(
-            X,
-            start,
-            min(n, start + BLOCK),
-            nodes,
-            cat_bounds,
-            cat_bits,
-            roots,
-            leaf_value,
-            divisor,
-            transform,
-            transform_param,
-            kinds,
-            out,
-        )

@@ -37,11 +37,8 @@ from kernels.errors import ConfigError, InferenceError, ModelLoadError
 from kernels.forest import (
     BLOCK,
     predict_forest,
-    predict_forest_fast,
-    predict_forest_fast_parallel,
     predict_forest_parallel,
     predict_forest_row,
-    predict_forest_row_fast,
 )
 from training.export import ENGINE_FILES, Forest
 
@@ -301,9 +298,6 @@ class NumbaEngine:
         self.path = path
         self.forest = Forest.load(path)
         self._args = self.forest.args()
-        # missing-value rules applied once per row (kernels.forest *_fast), unless a
-        # feature uses LightGBM's Zero missing type
-        self._kinds = self.forest.kinds()
         self.n_features = self.forest.n_features
         self.threads = max(1, min(int(threads), int(getattr(numba.config, "NUMBA_NUM_THREADS", 1))))
         self.parallel_from = max(1, int(parallel_from))
@@ -311,10 +305,7 @@ class NumbaEngine:
     def predict(self, X: np.ndarray) -> np.ndarray:
         X = _matrix(X, self.n_features, self.name)
         n = X.shape[0]
-        kinds = self._kinds
         if n == 1:
-            if kinds is not None:
-                return np.array([predict_forest_row_fast(X, *self._args, kinds)])
             return np.array([predict_forest_row(X, *self._args)])
         out = np.empty(n, dtype=np.float64)
         if self.threads > 1 and n >= self.parallel_from:
@@ -322,12 +313,7 @@ class NumbaEngine:
 
             with _PARALLEL_LOCK:
                 numba.set_num_threads(self.threads)
-                if kinds is not None:
-                    predict_forest_fast_parallel(X, *self._args, kinds, out)
-                else:
-                    predict_forest_parallel(X, *self._args, out)
-        elif kinds is not None:
-            predict_forest_fast(X, *self._args, kinds, out)
+                predict_forest_parallel(X, *self._args, out)
         else:
             predict_forest(X, *self._args, out)
         return out

@@ -37,7 +37,6 @@ from kernels.errors import DataError, IntelliLogError, ModelLoadError
 from kernels.forest import (
     FLAG_CATEGORICAL,
     FLAG_DEFAULT_LEFT,
-    KIND_UNSUPPORTED,
     MISSING_NAN,
     MISSING_NONE,
     MISSING_ZERO,
@@ -48,11 +47,8 @@ from kernels.forest import (
     TRANSFORM_SQUARE,
     feature_kinds,
     predict_forest,
-    predict_forest_fast,
-    predict_forest_fast_parallel,
     predict_forest_parallel,
     predict_forest_row,
-    predict_forest_row_fast,
 )
 from training import optional
 
@@ -139,8 +135,11 @@ class Forest:
 
     def args(
         self,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, float, int, float]:
-        """The kernel arguments after ``X`` (before ``out``), in kernel order."""
+    ) -> tuple[
+        np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, float, int, float, np.ndarray
+    ]:
+        """The kernel arguments after ``X`` (before ``out``), in kernel order; the
+        per-feature missing-value kinds are derived from the nodes."""
         return (
             self.nodes,
             self.cat_bounds,
@@ -150,14 +149,8 @@ class Forest:
             self.divisor,
             self.transform,
             self.transform_param,
+            feature_kinds(self.nodes, self.n_features),
         )
-
-    def kinds(self) -> np.ndarray | None:
-        """Per-feature missing-value kinds for the ``*_fast`` kernels, or None when a
-        feature uses LightGBM's Zero missing type (then only the generic kernels apply).
-        The serving engine and the parity check use this same dispatch."""
-        kinds = feature_kinds(self.nodes, self.n_features)
-        return None if bool((kinds == KIND_UNSUPPORTED).any()) else kinds
 
     def predict(self, X: np.ndarray, parallel: bool = False) -> np.ndarray:
         """float64[n] predictions for float32 ``X[n, F]`` (converted if needed)."""
@@ -165,13 +158,7 @@ class Forest:
         if X.ndim != 2 or X.shape[1] != self.n_features:
             raise DataError(f"expected a [n, {self.n_features}] matrix, got shape {X.shape}")
         out = np.empty(X.shape[0], dtype=np.float64)
-        kinds = self.kinds()
-        if kinds is not None:
-            (predict_forest_fast_parallel if parallel else predict_forest_fast)(
-                X, *self.args(), kinds, out
-            )
-        else:
-            (predict_forest_parallel if parallel else predict_forest)(X, *self.args(), out)
+        (predict_forest_parallel if parallel else predict_forest)(X, *self.args(), out)
         return out
 
     def predict_row(self, X: np.ndarray) -> float:
@@ -179,9 +166,6 @@ class Forest:
         X = np.ascontiguousarray(X, dtype=np.float32)
         if X.ndim != 2 or X.shape[0] < 1 or X.shape[1] != self.n_features:
             raise DataError(f"expected a [1, {self.n_features}] matrix, got shape {X.shape}")
-        kinds = self.kinds()
-        if kinds is not None:
-            return float(predict_forest_row_fast(X, *self.args(), kinds))
         return float(predict_forest_row(X, *self.args()))
 
     # ------------------------------------------------------------------ I/O

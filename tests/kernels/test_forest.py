@@ -18,15 +18,13 @@ from hypothesis.extra import numpy as hnp
 
 from kernels.forest import (
     FLAG_CATEGORICAL,
+    KIND_NUMERIC_ZERO,
     MISSING_NAN,
     MISSING_NONE,
     MISSING_ZERO,
     predict_forest,
-    predict_forest_fast,
-    predict_forest_fast_parallel,
     predict_forest_parallel,
     predict_forest_row,
-    predict_forest_row_fast,
 )
 from training.export import Forest, flatten_booster
 
@@ -128,22 +126,14 @@ def _all_paths(forest: Forest, X: np.ndarray) -> list[np.ndarray]:
     predict_forest(X, *a, single)
     predict_forest_parallel(X, *a, par)
     row = np.array([predict_forest_row(X[i : i + 1], *a) for i in range(X.shape[0])])
-    paths = [single, par, row]
-    kinds = forest.kinds()  # the *_fast kernels: missing-value rules applied once per row
-    if kinds is not None:
-        fast, fast_par = np.empty(X.shape[0]), np.empty(X.shape[0])
-        predict_forest_fast(X, *a, kinds, fast)
-        predict_forest_fast_parallel(X, *a, kinds, fast_par)
-        fast_row = np.array(
-            [predict_forest_row_fast(X[i : i + 1], *a, kinds) for i in range(X.shape[0])]
-        )
-        paths += [fast, fast_par, fast_row]
-    return paths
+    return [single, par, row]
 
 
-def test_fast_kernels_cover_every_model_but_zero_as_missing(forests: dict[str, Forest]) -> None:
+def test_zero_as_missing_model_has_zero_kind_features(forests: dict[str, Forest]) -> None:
+    """Every model runs on the same kernels; zero_as_missing shows up as a feature kind."""
     for name, f in forests.items():
-        assert (f.kinds() is None) == (name == "zero_missing"), name
+        kinds = f.args()[-1]
+        assert (KIND_NUMERIC_ZERO in kinds) == (name == "zero_missing"), name
 
 
 def _assert_exact(ref: Any, got: np.ndarray, X: np.ndarray) -> None:
