@@ -26,39 +26,10 @@ from kernels.forest import (
     predict_forest_parallel,
     predict_forest_row,
 )
+from tests.treedata import CAT, NAN_COL, F
+from tests.treedata import make_data as _data
+from tests.treedata import train_model as _train
 from training.export import Forest, flatten_booster
-
-F = 6
-CAT = 2  # categorical column (codes 0..7)
-NAN_COL = 1  # has NaN in training
-
-
-def _data(n: int = 1500, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    X = np.empty((n, F), dtype=np.float32)
-    X[:, 0] = rng.uniform(0, 30, n)
-    X[:, 1] = rng.normal(0, 1, n)
-    X[rng.random(n) < 0.25, 1] = np.nan
-    X[:, 2] = rng.integers(0, 8, n)
-    X[:, 3] = rng.integers(0, 4, n)
-    X[:, 4] = rng.normal(size=n)
-    X[:, 5] = rng.uniform(-1, 1, n)
-    y = (
-        40
-        + 2 * X[:, 0]
-        + 5 * np.nan_to_num(X[:, 1], nan=2.0)
-        + np.where(np.isin(X[:, 2], [1, 3, 6]), 8.0, -4.0)
-        + 3 * X[:, 3]
-        + X[:, 4]
-        + rng.normal(0, 1, n)
-    )
-    return X, y
-
-
-def _train(X: np.ndarray, y: np.ndarray, rounds: int = 30, **params: object) -> lgb.Booster:
-    base = {"num_leaves": 15, "min_data_in_leaf": 10, "verbose": -1, "num_threads": 1, "seed": 0}
-    ds = lgb.Dataset(X, y, categorical_feature=[CAT], free_raw_data=False)
-    return lgb.train({**base, **params}, ds, num_boost_round=rounds)
 
 
 @pytest.fixture(scope="session")

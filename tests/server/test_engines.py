@@ -23,38 +23,10 @@ from server.engines import (
     gpu_allowed,
     load_engine,
 )
+from tests.treedata import CAT, F
+from tests.treedata import make_data as _data
+from tests.treedata import train_model as _train
 from training.export import check_parity, export_engines
-
-F = 6
-CAT = 2
-
-
-def _data(n: int = 1500, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    X = np.empty((n, F), dtype=np.float32)
-    X[:, 0] = rng.uniform(0, 30, n)
-    X[:, 1] = rng.normal(0, 1, n)
-    X[rng.random(n) < 0.25, 1] = np.nan  # NaN in training: missing type NaN
-    X[:, 2] = rng.integers(0, 8, n)  # categorical codes
-    X[:, 3] = rng.integers(0, 4, n)
-    X[:, 4] = rng.normal(size=n)
-    X[:, 5] = rng.uniform(-1, 1, n)
-    y = (
-        40
-        + 2 * X[:, 0]
-        + 5 * np.nan_to_num(X[:, 1], nan=2.0)
-        + np.where(np.isin(X[:, 2], [1, 3, 6]), 8.0, -4.0)
-        + 3 * X[:, 3]
-        + X[:, 4]
-        + rng.normal(0, 1, n)
-    )
-    return X, y
-
-
-def _train(X: np.ndarray, y: np.ndarray, **params: object) -> lgb.Booster:
-    base = {"num_leaves": 15, "min_data_in_leaf": 10, "verbose": -1, "num_threads": 1, "seed": 0}
-    ds = lgb.Dataset(X, y, categorical_feature=[CAT], free_raw_data=False)
-    return lgb.train({**base, **params}, ds, num_boost_round=30)
 
 
 @pytest.fixture(scope="session")
