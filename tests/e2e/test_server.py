@@ -9,7 +9,6 @@ fixture teardown or a ``finally``.
 from __future__ import annotations
 
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -22,7 +21,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-kit = sys.modules["intellilog_servekit"]  # loaded by tests/e2e/conftest.py
+from tests.e2e import servekit as kit
 
 pytestmark = pytest.mark.slow
 

@@ -6,31 +6,14 @@ session that runs both directories trains them once.
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
-
-def load_servekit() -> ModuleType:
-    name = "intellilog_servekit"
-    mod = sys.modules.get(name)
-    if mod is None:
-        path = Path(__file__).resolve().parents[1] / "e2e" / "servekit.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return mod
-
-
-kit = load_servekit()
+from tests.e2e import servekit as kit
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ import msgspec
 import numpy as np
 import pytest
 
-kit = sys.modules["intellilog_servekit"]  # loaded by tests/server/conftest.py
+from tests.e2e import servekit as kit
 
 pytestmark = pytest.mark.slow
 
