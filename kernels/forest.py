@@ -82,6 +82,9 @@ There are no bounds checks: only pass a forest that passed ``Forest.validate``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 from numba import njit, prange
 
@@ -106,6 +109,8 @@ __all__ = [
     "predict_forest",
     "predict_forest_parallel",
     "predict_forest_row",
+    "predict_forests_row",
+    "stack_forests",
 ]
 
 MISSING_NONE = 0
@@ -331,3 +336,72 @@ def predict_forest_row(
     for t in range(roots.shape[0]):
         acc += leaf_value[_leaf(x, 0, roots[t], nodes, cat_bounds, cat_bits)]
     return _finish(acc, divisor, transform, transform_param)
+
+
+def stack_forests(parts: Sequence[tuple[Any, ...]]) -> tuple[Any, ...]:
+    """The arguments of :func:`predict_forests_row` (after ``X``, before ``out``) for
+    the forests whose kernel arguments (``Forest.args()``) are ``parts``, in order.
+
+    Node, leaf and category-set references of forest ``k`` are shifted past those of
+    the forests before it; ``tree_bounds[k]:tree_bounds[k + 1]`` are its trees.
+    """
+    nodes, cat_bounds, cat_bits, roots, leaves = [], [np.zeros(1, np.int32)], [], [], []
+    tree_bounds = [0]
+    n_off = l_off = s_off = b_off = 0
+    for nd, cb, bits, rts, lv, *_ in parts:
+        nd = nd.copy()
+        for side in ("left", "right"):
+            ref = nd[side]
+            nd[side] = np.where(ref >= 0, ref + n_off, ref - l_off)
+        cat = (nd["flags"] & FLAG_CATEGORICAL) != 0
+        nd["threshold"][cat] += s_off
+        nodes.append(nd)
+        cat_bounds.append(cb[1:] + b_off)
+        cat_bits.append(bits)
+        roots.append(np.where(rts >= 0, rts + n_off, rts - l_off).astype(np.int32))
+        leaves.append(lv)
+        tree_bounds.append(tree_bounds[-1] + rts.shape[0])
+        n_off += nd.shape[0]
+        l_off += lv.shape[0]
+        s_off += cb.shape[0] - 1
+        b_off += bits.shape[0]
+    return (
+        np.concatenate(nodes),
+        np.concatenate(cat_bounds).astype(np.int32),
+        np.concatenate(cat_bits).astype(np.uint32),
+        np.concatenate(roots).astype(np.int32),
+        np.array(tree_bounds, dtype=np.int64),
+        np.concatenate(leaves).astype(np.float64),
+        np.array([p[5] for p in parts], dtype=np.float64),
+        np.array([p[6] for p in parts], dtype=np.int64),
+        np.array([p[7] for p in parts], dtype=np.float64),
+        np.ascontiguousarray(np.stack([p[8] for p in parts])),
+    )
+
+
+@njit(cache=True)
+def predict_forests_row(
+    X: np.ndarray,
+    nodes: np.ndarray,
+    cat_bounds: np.ndarray,
+    cat_bits: np.ndarray,
+    roots: np.ndarray,
+    tree_bounds: np.ndarray,
+    leaf_value: np.ndarray,
+    divisors: np.ndarray,
+    transforms: np.ndarray,
+    transform_params: np.ndarray,
+    kinds: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    """``out[k]`` = forest ``k``'s prediction for row 0 of ``X[1, F]``, for every forest
+    stacked by :func:`stack_forests` (e.g. a model version's ETA and its two quantile
+    models): one call instead of one per model, the same results as
+    :func:`predict_forest_row` on each."""
+    x = np.empty((1, X.shape[1]))
+    for k in range(tree_bounds.shape[0] - 1):
+        _normalise(X, 0, kinds[k], x, 0)
+        acc = 0.0
+        for t in range(tree_bounds[k], tree_bounds[k + 1]):
+            acc += leaf_value[_leaf(x, 0, roots[t], nodes, cat_bounds, cat_bits)]
+        out[k] = _finish(acc, divisors[k], transforms[k], transform_params[k])

@@ -18,9 +18,9 @@ import gc
 import hmac
 import logging
 import math
+import os
 import signal
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 from urllib.parse import parse_qs
@@ -72,6 +72,11 @@ STATUS: dict[type[BaseException], tuple[int, str]] = {
     StoreError: (503, "store_unavailable"),
     InferenceError: (500, "inference_error"),
 }
+
+
+def _new_rid() -> str:
+    """A fresh request id: 32 random hex digits, like ``uuid4().hex`` at a quarter of its cost."""
+    return os.urandom(16).hex()
 
 
 class ErrorItem(msgspec.Struct):
@@ -134,7 +139,7 @@ def _rid(request: Request[Any, Any, Any]) -> str:
     rid = request.scope.get("_rid")
     if rid is None:
         given = request.headers.get("x-request-id", "")
-        rid = given if 0 < len(given) <= 128 and given.isprintable() else uuid.uuid4().hex
+        rid = given if 0 < len(given) <= 128 and given.isprintable() else _new_rid()
         request.scope["_rid"] = rid  # type: ignore[typeddict-unknown-key]
     return str(rid)
 
@@ -281,7 +286,7 @@ class _Edge:
             wait = self.limiter.take(client[0], t0)
             if wait > 0:
                 metrics.RATE_LIMITED.inc()
-                rid = uuid.uuid4().hex
+                rid = _new_rid()
                 body = _enc.encode(
                     ErrorResponse(
                         ErrorBody(
@@ -381,7 +386,11 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
     configure_logging(settings.environment, settings.log_level)
     if holder is None:
         holder = ModelHolder(
-            Registry(settings.registry_path), settings.model_alias, settings.engine
+            Registry(settings.registry_path),
+            settings.model_alias,
+            settings.engine,
+            allow_gpu=settings.allow_gpu,
+            gpu_min_rows=settings.gpu_min_rows,
         )
     # the spec (and so the request struct) comes from the served model; load it now so a
     # missing model fails start-up with a clear message
@@ -455,7 +464,7 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
                 ct = v
             elif k == b"x-request-id":
                 given = v
-        rid = given.decode("latin-1") if 0 < len(given) <= 128 else uuid.uuid4().hex
+        rid = given.decode("latin-1") if 0 < len(given) <= 128 else _new_rid()
         scope["_rid"] = rid
         if scope["method"] != "POST":
             raise HTTPException(status_code=405, detail=f"{scope['method']} not allowed; use POST")
@@ -495,11 +504,9 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
         assert model is not None
         t0 = time.perf_counter()
         X = model.pipe.row(item, np.empty((1, model.pipe.n_features), dtype=np.float32))
-        eta, p10, p90 = model.predict(X)
+        eta, p10, p90 = model.predictor.predict_one(X)
         single_latency.observe(time.perf_counter() - t0)
-        out = Prediction(
-            getattr(item, key), float(eta[0]), float(p10[0]), float(p90[0]), model.version, rid
-        )
+        out = Prediction(getattr(item, key), eta, p10, p90, model.version, rid)
         qs = scope.get("query_string", b"")
         if qs:
             flag = parse_qs(qs.decode("latin-1")).get("explain", [""])[-1].lower()
@@ -551,12 +558,16 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
     async def models() -> dict[str, Any]:
         m = holder.model
         reg = holder.registry
+        d = m.describe() if m else {}
         return {
             "serving": {
                 "version": m.version if m else None,
                 "alias": holder.alias,
                 "engine": m.engine_name if m else None,
                 "device": m.device if m else None,
+                # the GPU engine for batches of >= min_rows rows, or None and why not
+                "large_batch": d.get("large_batch"),
+                "large_batch_reason": d.get("large_batch_reason"),
                 "spec": spec.name,
                 "spec_hash": spec.hash,
                 "metrics": (m.manifest.get("metrics", {}).get("model") if m else None),

@@ -226,8 +226,15 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     reg = _registry(args)
     spec = load_spec(args.spec) if args.spec else None
+    settings = _settings()
     model = load_model(
-        reg, args.model, engine=args.engine or _settings().engine, threads=args.threads, spec=spec
+        reg,
+        args.model,
+        engine=args.engine or settings.engine,
+        threads=args.threads,
+        spec=spec,
+        allow_gpu=settings.allow_gpu,
+        gpu_min_rows=settings.gpu_min_rows,
     )
     report = score_file(
         args.input,

@@ -7,6 +7,7 @@ the value and what is allowed.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -29,6 +30,9 @@ class Settings:
     model_artifact_path: str = "./models"
     engine: str = "numba"  # bit-exact with LightGBM; fastest here for one row and for batches (bench/RESULTS.md)
     allow_gpu: bool = True
+    # batches of at least this many rows go to the GPU engine when there is one
+    # (server.engines: hummingbird on CUDA, behind its parity check); 0 = never
+    gpu_min_rows: int = 4096
     enable_drift_detection: bool = True
     enable_ab_testing: bool = False
     quality_threshold: float = 80.0
@@ -53,6 +57,7 @@ _ENV = {
     "model_artifact_path": "MODEL_ARTIFACT_PATH",
     "engine": "INTELLILOG_ENGINE",
     "allow_gpu": "INTELLILOG_ALLOW_GPU",
+    "gpu_min_rows": "INTELLILOG_GPU_MIN_ROWS",
     "enable_drift_detection": "ENABLE_DRIFT_DETECTION",
     "enable_ab_testing": "ENABLE_AB_TESTING",
     "quality_threshold": "QUALITY_THRESHOLD",
@@ -68,7 +73,9 @@ _ENV = {
 
 
 def load_dotenv(path: str | Path = ".env") -> dict[str, str]:
-    """KEY=VALUE lines of a .env file (comments and blank lines skipped; quotes stripped)."""
+    """KEY=VALUE lines of a .env file: blank lines and ``#`` comment lines skipped; a
+    quoted value is taken as written between its quotes; an unquoted value ends at an
+    inline comment (whitespace then ``#``), as in ``.env.example``."""
     p = Path(path)
     out: dict[str, str] = {}
     if not p.is_file():
@@ -82,7 +89,15 @@ def load_dotenv(path: str | Path = ".env") -> dict[str, str]:
         key, sep, val = s.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"{p}:{n}: expected KEY=VALUE, got {line!r}")
-        out[key.strip()] = val.strip().strip("'\"")
+        val = val.strip()
+        if val[:1] in ("'", '"'):
+            end = val.find(val[0], 1)
+            if end < 0:
+                raise ConfigError(f"{p}:{n}: unterminated quote in {line!r}")
+            val = val[1:end]
+        else:
+            val = "" if val.startswith("#") else re.split(r"\s#", val, maxsplit=1)[0].rstrip()
+        out[key.strip()] = val
     return out
 
 
@@ -147,6 +162,11 @@ def load_settings(
     if not 1 <= s.max_batch_size <= 1_000_000 or s.max_batch_size != int(s.max_batch_size):
         raise ConfigError(
             f"MAX_BATCH_SIZE={s.max_batch_size!r}: a whole number within [1, 1000000]"
+        )
+    if not 0 <= s.gpu_min_rows <= 1_000_000_000:
+        raise ConfigError(
+            f"INTELLILOG_GPU_MIN_ROWS={s.gpu_min_rows!r}: a whole number of rows within "
+            "[0, 1000000000] (0 = never use the GPU for large batches)"
         )
     if not 0.01 <= s.max_body_mb <= 1024:
         raise ConfigError(f"MAX_BODY_MB={s.max_body_mb!r}: must be within [0.01, 1024]")

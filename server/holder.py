@@ -47,11 +47,21 @@ def warm_up(model: LoadedModel) -> None:
 
 
 class ModelHolder:
-    def __init__(self, registry: Registry, alias: str, engine: str, threads: int = 1) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        alias: str,
+        engine: str,
+        threads: int = 1,
+        allow_gpu: bool | None = None,
+        gpu_min_rows: int | None = None,
+    ) -> None:
         self.registry = registry
         self.alias = alias
         self.engine = engine
         self.threads = threads
+        self.allow_gpu = allow_gpu
+        self.gpu_min_rows = gpu_min_rows
         self.model: LoadedModel | None = None
         self.ready = False
         self.last_error: str | None = None
@@ -59,7 +69,14 @@ class ModelHolder:
         self._aliases_mtime: float | None = None
 
     def _load(self, ref: str) -> LoadedModel:
-        m = load_model(self.registry, ref, engine=self.engine, threads=self.threads)
+        m = load_model(
+            self.registry,
+            ref,
+            engine=self.engine,
+            threads=self.threads,
+            allow_gpu=self.allow_gpu,
+            gpu_min_rows=self.gpu_min_rows,
+        )
         warm_up(m)
         return m
 

@@ -29,6 +29,11 @@ class LoadedModel:
     def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return self.predictor.predict(X)
 
+    def describe(self) -> dict[str, Any]:
+        """Engine and device, and the large-batch GPU engine or why there is none
+        (:meth:`server.engines.Predictor.describe`)."""
+        return self.predictor.describe()
+
 
 def load_model(
     registry: Registry,
@@ -36,11 +41,16 @@ def load_model(
     engine: str = "onnx",
     threads: int = 1,
     spec: FeatureSpec | None = None,
+    allow_gpu: bool | None = None,
+    gpu_min_rows: int | None = None,
 ) -> LoadedModel:
     """Resolve ``ref`` (alias or version), verify checksums and spec hash, load engines.
 
     ``spec``, when given, must be the spec the model was trained with (same hash).
-    ``threads`` <= 0 means every core.
+    ``threads`` <= 0 means every core. ``allow_gpu`` / ``gpu_min_rows`` (None: the
+    environment, see :mod:`server.engines`) set up the large-batch GPU route; rows
+    with NaN may go to it only when the manifest records hummingbird's parity
+    without restriction.
     """
     if threads <= 0:  # 0: every core this process may run on
         threads = (
@@ -73,5 +83,13 @@ def load_model(
         have = ", ".join(sorted(engines)) or "none"
         raise ModelLoadError(f"model {version} has no {engine!r} engine (has: {have})")
     pipe = Pipeline(model_spec, levels)
-    predictor = Predictor(registry.path(version), engine, threads=threads)
+    hb = engines.get("hummingbird")
+    predictor = Predictor(
+        registry.path(version),
+        engine,
+        threads=threads,
+        allow_gpu=allow_gpu,
+        gpu_min_rows=gpu_min_rows,
+        gpu_nan_ok=isinstance(hb, dict) and hb.get("restriction") is None,
+    )
     return LoadedModel(version, manifest, pipe, predictor, engine, predictor.device)

@@ -2,7 +2,9 @@
 
 Reads in batches, validates every row (refused rows go to a reject file with their
 reason, never dropped silently), computes features with the same kernels as the
-server, predicts with the chosen engine and streams the result to Parquet or CSV.
+server, predicts with the chosen engine (batches of ``INTELLILOG_GPU_MIN_ROWS`` rows or
+more on the GPU engine when there is one: :mod:`server.engines`; the report says which)
+and streams the result to Parquet or CSV.
 Reading and converting the next batch overlaps with predicting the current one.
 """
 
@@ -43,6 +45,10 @@ class ScoreReport:
     device: str
     out: str
     rejects: str | None
+    # the GPU engine for large batches (Predictor.describe), or None and why not
+    large_batch: dict[str, Any] | None = None
+    large_batch_reason: str | None = None
+    rows_gpu: int = 0  # rows scored by the large-batch GPU engine
 
     @property
     def rows_per_s(self) -> float:
@@ -60,11 +66,19 @@ class ScoreReport:
 
     def format(self) -> str:
         rej = f", {self.rows_rejected} rejected -> {self.rejects}" if self.rows_rejected else ""
+        lb = self.large_batch
+        if lb is not None:
+            gpu = (
+                f"\n  large batches (>= {lb['min_rows']} rows): {lb['engine']} on {lb['device']} "
+                f"({lb['runtime']}), {self.rows_gpu} rows; rows with NaN on {lb['nan_rows']}"
+            )
+        else:
+            gpu = f"\n  large batches: {self.engine} on {self.device}; no GPU engine: {self.large_batch_reason}"
         return (
             f"scored {self.rows_scored} of {self.rows_in} rows with model {self.model_version} "
             f"({self.engine} on {self.device}) in {self.seconds:.2f}s: {self.rows_per_s:,.0f} rows/s "
             f"end to end, engine {self.engine_rows_per_s:,.0f} rows/s; peak RSS {self.peak_rss_mb:.0f} MB"
-            f"{rej}\n  -> {self.out}"
+            f"{rej}{gpu}\n  -> {self.out}"
         )
 
 
@@ -156,6 +170,7 @@ def score_file(
 
     out = _Writer(dst)
     rej = _Writer(rej_path)
+    gpu_rows0 = model.predictor.large_rows
     t0 = time.perf_counter()
     engine_s = 0.0
     rows_in = scored = rejected = 0
@@ -227,6 +242,7 @@ def score_file(
             )
         )
         out.close()
+    described = model.describe()
     return ScoreReport(
         rows_in=rows_in,
         rows_scored=scored,
@@ -239,4 +255,7 @@ def score_file(
         device=model.device,
         out=str(dst),
         rejects=str(rej_path) if rejected else None,
+        large_batch=described["large_batch"],
+        large_batch_reason=described["large_batch_reason"],
+        rows_gpu=model.predictor.large_rows - gpu_rows0,
     )

@@ -20,7 +20,7 @@ Bad input gets a short 4xx (enough for a benchmark; the product's error bodies a
 
 from __future__ import annotations
 
-import uuid
+import os
 from typing import Annotated, Any
 
 import msgspec
@@ -88,7 +88,7 @@ _MODELS = _enc.encode(
 
 def _rid(scope: Any) -> str:
     given = scope.headers.get("x-request-id", "")
-    return given if 0 < len(given) <= 128 and given.isprintable() else uuid.uuid4().hex
+    return given if 0 < len(given) <= 128 and given.isprintable() else os.urandom(16).hex()
 
 
 def _json(protocol: Any, status: int, body: bytes, rid: str | None = None) -> None:
@@ -101,10 +101,8 @@ def _json(protocol: Any, status: int, body: bytes, rid: str | None = None) -> No
 def _predict_one(body: bytes, rid: str) -> bytes:
     item = _dec_one.decode(body)
     X = _pipe.row(item, _row_out)
-    eta, p10, p90 = _model.predict(X)
-    out = Prediction(
-        getattr(item, _KEY), float(eta[0]), float(p10[0]), float(p90[0]), _VERSION, rid
-    )
+    eta, p10, p90 = _model.predictor.predict_one(X)
+    out = Prediction(getattr(item, _KEY), eta, p10, p90, _VERSION, rid)
     return _enc.encode(out)
 
 

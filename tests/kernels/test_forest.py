@@ -25,6 +25,8 @@ from kernels.forest import (
     predict_forest,
     predict_forest_parallel,
     predict_forest_row,
+    predict_forests_row,
+    stack_forests,
 )
 from tests.treedata import CAT, NAN_COL, F
 from tests.treedata import make_data as _data
@@ -155,6 +157,25 @@ def test_hypothesis_parity_exact(
     ref = models[which].predict(X)
     for got in _all_paths(forests[which], X):
         _assert_exact(ref, got, X)
+
+
+KINDS = ["l2", "quantile", "zero_missing", "poisson", "rf"]
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(X=MATRIX)
+def test_stacked_forests_row_exact(
+    models: dict[str, lgb.Booster], forests: dict[str, Forest], X: np.ndarray
+) -> None:
+    """Five different forests (categorical sets, zero-as-missing, a transform, a divisor)
+    stacked into one call give each forest's own LightGBM prediction, row by row."""
+    stacked = stack_forests([forests[k].args() for k in KINDS])
+    refs = [np.asarray(models[k].predict(X)) for k in KINDS]
+    out = np.empty(len(KINDS))
+    for i in range(X.shape[0]):
+        predict_forests_row(X[i : i + 1], *stacked, out)
+        for k, ref in enumerate(refs):
+            _assert_exact(ref[i : i + 1], out[k : k + 1], X[i : i + 1])
 
 
 def test_threshold_edges_exact(models: dict[str, lgb.Booster], forests: dict[str, Forest]) -> None:

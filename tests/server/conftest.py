@@ -58,3 +58,12 @@ def make_client(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     yield make
     for c in reversed(opened):
         c.__exit__(None, None, None)
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A simulated GPU (tests/server/fakegpu.py): ``load_gpu_engines`` returns the
+    numba engines dressed as hummingbird on CUDA, recording what they are given."""
+    from tests.server.fakegpu import FakeGpu
+
+    return FakeGpu().install(monkeypatch)

@@ -390,10 +390,60 @@ def test_models_describes_what_is_served(client: Any) -> None:
     assert s["alias"] == "production"
     assert s["engine"] == "numba"
     assert s["device"] == "cpu"
+    # the session models were exported without the gpu extra: no GPU engine, and why
+    assert s["large_batch"] is None
+    assert s["large_batch_reason"].startswith("no hummingbird export: eta.hb.onnx")
     assert s["spec"] == "deliveries" and len(s["spec_hash"]) == 16
     assert body["aliases"] == {"production": "v1"}
     assert body["versions"] == ["v1", "v2"]
     assert body["last_reload_error"] is None
+
+
+def test_large_batches_go_to_a_gpu_engine_and_models_says_so(
+    registry: Path, make_client: Callable[..., Any], fake_gpu: Any
+) -> None:
+    """A version exported with the gpu extra, on a (simulated) GPU: batches of >= 4 rows
+    go to it, smaller ones and single rows stay on numba; /v1/models shows it."""
+    from tests.server.fakegpu import add_hb_export
+
+    add_hb_export(registry / "versions" / "v1")
+    c = make_client(registry, gpu_min_rows=4)
+    s = c.get("/v1/models").json()["serving"]
+    assert s["engine"] == "numba" and s["device"] == "cpu"
+    assert s["large_batch"] == {
+        "engine": "hummingbird",
+        "device": "cuda",
+        "runtime": "fake CUDA",
+        "min_rows": 4,
+        "nan_rows": "numba",
+    }
+    assert s["large_batch_reason"] is None
+    fake_gpu.calls.clear()  # the load-time check
+    rows = [{k: (ROW[k] if v is None else v) for k, v in r.items()} for r in kit.sample_rows(7, 41)]
+    del rows[6]["prep_minutes"]  # a missing value: that row stays on numba
+    one = [post_json(c, "/v1/predict", row).json()["eta_minutes"] for row in rows]
+    small = post_json(c, "/v1/predict/batch", {"deliveries": rows[:3]}).json()["predictions"]
+    assert fake_gpu.calls == []
+    big = post_json(c, "/v1/predict/batch", {"deliveries": rows}).json()["predictions"]
+    assert fake_gpu.rows() == [6] and not fake_gpu.saw_nan()
+    assert [p["eta_minutes"] for p in big] == pytest.approx(one, rel=1e-9)
+    assert [p["eta_minutes"] for p in small] == pytest.approx(one[:3], rel=1e-9)
+
+
+def test_models_says_why_there_is_no_gpu_engine(
+    registry: Path, make_client: Callable[..., Any], fake_gpu: Any
+) -> None:
+    from tests.server.fakegpu import add_hb_export
+
+    add_hb_export(registry / "versions" / "v1")
+    fake_gpu.fail = RuntimeError("no CUDA-capable device is detected")
+    s = make_client(registry, gpu_min_rows=4).get("/v1/models").json()["serving"]
+    assert s["large_batch"] is None
+    assert s["large_batch_reason"] == (
+        "GPU engine failed to load: RuntimeError: no CUDA-capable device is detected"
+    )
+    s = make_client(registry, allow_gpu=False).get("/v1/models").json()["serving"]
+    assert s["large_batch"] is None and "not allowed" in s["large_batch_reason"]
 
 
 def test_metrics_count_requests_errors_and_model(client: Any) -> None:

@@ -22,6 +22,14 @@ def test_defaults_and_env_override(tmp_path: Path) -> None:
     assert s.quality_threshold == 70.0 and s.max_batch_size == 500
 
 
+def test_gpu_min_rows_setting() -> None:
+    from server.engines import DEFAULT_GPU_MIN_ROWS
+
+    assert load_settings({}, dotenv=None).gpu_min_rows == DEFAULT_GPU_MIN_ROWS == 4096
+    assert load_settings({"INTELLILOG_GPU_MIN_ROWS": "0"}, dotenv=None).gpu_min_rows == 0
+    assert load_settings({"INTELLILOG_GPU_MIN_ROWS": "65536"}, dotenv=None).gpu_min_rows == 65536
+
+
 def test_dotenv_is_read_and_env_wins(tmp_path: Path) -> None:
     p = tmp_path / ".env"
     p.write_text("# comment\nexport TENANT_ID='acme'\nINTELLILOG_ENGINE=numba\n\nLOG_LEVEL=debug\n")
@@ -38,6 +46,31 @@ def test_dotenv_is_read_and_env_wins(tmp_path: Path) -> None:
         load_dotenv(bad)
 
 
+def test_dotenv_inline_comments_and_quotes(tmp_path: Path) -> None:
+    p = tmp_path / ".env"
+    p.write_text(
+        "LOG_LEVEL=debug    # verbose\nTENANT_ID='a # b'  # quoted hash stays\n"
+        'ADMIN_TOKEN="x y"\nDATABASE_URL=sqlite:///a#b.db\n'
+    )
+    assert load_dotenv(p) == {
+        "LOG_LEVEL": "debug",
+        "TENANT_ID": "a # b",
+        "ADMIN_TOKEN": "x y",
+        "DATABASE_URL": "sqlite:///a#b.db",  # no space before '#': part of the value
+    }
+    (tmp_path / "open.env").write_text("TENANT_ID='acme\n")
+    with pytest.raises(ConfigError, match="unterminated quote"):
+        load_dotenv(tmp_path / "open.env")
+
+
+def test_env_example_is_a_working_env_file(tmp_path: Path) -> None:
+    """A newcomer's `cp .env.example .env` must start with the documented defaults."""
+    example = Path(__file__).resolve().parents[2] / ".env.example"
+    values = load_dotenv(example)
+    assert values and all("#" not in v for k, v in values.items() if k != "DATABASE_URL")
+    load_settings({}, dotenv=example)  # every value converts
+
+
 @pytest.mark.parametrize(
     ("var", "value"),
     [
@@ -52,6 +85,8 @@ def test_dotenv_is_read_and_env_wins(tmp_path: Path) -> None:
         ("RATE_LIMIT_PER_MINUTE", "-1"),
         ("MAX_BATCH_SIZE", "2.5"),
         ("MAX_BODY_MB", "0"),
+        ("INTELLILOG_GPU_MIN_ROWS", "-1"),
+        ("INTELLILOG_GPU_MIN_ROWS", "4k"),
         ("RELOAD_INTERVAL_S", "0"),
         ("TENANT_ID", ""),
     ],
