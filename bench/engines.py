@@ -53,14 +53,14 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: bench.*
+
+from bench.models import CATEGORICAL, F, make_data, model_shape, train
 from kernels.forest import predict_forest, predict_forest_row
 from server.engines import Engine, load_engine
 from training import optional
 from training.export import ENGINE_FILES, export_engines
 
-N_CONT, CATS, N_NUM = 14, (12, 6), 4
-F = N_CONT + len(CATS) + N_NUM
-CATEGORICAL = [N_CONT + k for k in range(len(CATS))]
 BATCHES = (1, 64, 1024, 100_000)
 BIG = BATCHES[-1]
 ENGINES = ("onnx", "numba", "hummingbird")
@@ -68,56 +68,7 @@ TARGET_ONE_ROW = 3.0
 TARGET_100K = 2.0
 
 
-# ---- data and model ------------------------------------------------------------------------
-
-
-def make_data(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """``X[n, 20]`` float32 (continuous, categorical codes incl. an unseen one, numerics
-    with NaN) and a non-linear target."""
-    X = np.empty((n, F), dtype=np.float32)
-    X[:, :N_CONT] = rng.normal(size=(n, N_CONT))
-    for k, levels in enumerate(CATS):
-        X[:, N_CONT + k] = rng.integers(0, levels + 1, n)  # levels + the unknown code
-    num = rng.gamma(2.0, 2.0, size=(n, N_NUM))
-    num[rng.random((n, N_NUM)) < 0.15] = np.nan
-    X[:, N_CONT + len(CATS) :] = num
-    y = (
-        20
-        + 8 * np.abs(X[:, 0])
-        + 3 * np.sin(3 * X[:, 1])
-        + 2 * X[:, 2] * X[:, 3]
-        + np.where(X[:, N_CONT] % 3 == 0, 5.0, -2.0)
-        + 1.5 * X[:, N_CONT + 1]
-        + np.nan_to_num(num[:, 0], nan=6.0)
-        + rng.normal(0, 2, n)
-    )
-    return X, y
-
-
-def train(trees: int, leaves: int, rows: int, rng: np.random.Generator) -> lgb.Booster:
-    X, y = make_data(rows, rng)
-    return lgb.train(
-        {
-            "num_leaves": leaves,
-            "min_data_in_leaf": 10,
-            "verbose": -1,
-            "num_threads": os.cpu_count() or 1,
-            "seed": 0,
-        },
-        lgb.Dataset(X, y, categorical_feature=CATEGORICAL),
-        num_boost_round=trees,
-    )
-
-
-def model_shape(booster: lgb.Booster) -> dict[str, float]:
-    info = booster.dump_model()["tree_info"]
-    leaves = np.array([t["num_leaves"] for t in info])
-    return {
-        "trees": len(info),
-        "mean_leaves": float(leaves.mean()),
-        "min_leaves": int(leaves.min()),
-        "features": booster.num_feature(),
-    }
+# ---- the reference (data and model: bench/models.py) ---------------------------------------
 
 
 class BoosterRef:

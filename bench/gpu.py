@@ -152,32 +152,12 @@ def no_gpu_message(info: dict[str, Any]) -> str:
 # ---- data and model ------------------------------------------------------------------------
 
 
-_N_CONT, _CATS, _N_NUM = 14, (12, 6), 4
-_CATEGORICAL = [_N_CONT + k for k in range(len(_CATS))]
-
-
 def _make_data(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """The same shape as bench/engines.py's data: 14 continuous, 2 categorical codes,
-    4 numerics with 15 % NaN each."""
-    F = _N_CONT + len(_CATS) + _N_NUM
-    X = np.empty((n, F), dtype=np.float32)
-    X[:, :_N_CONT] = rng.standard_normal((n, _N_CONT), dtype=np.float32)
-    for k, levels in enumerate(_CATS):
-        X[:, _N_CONT + k] = rng.integers(0, levels + 1, n)
-    num = rng.gamma(2.0, 2.0, size=(n, _N_NUM)).astype(np.float32)
-    num[rng.random((n, _N_NUM)) < 0.15] = np.nan
-    X[:, _N_CONT + len(_CATS) :] = num
-    y = (
-        20
-        + 8 * np.abs(X[:, 0])
-        + 3 * np.sin(3 * X[:, 1])
-        + 2 * X[:, 2] * X[:, 3]
-        + np.where(X[:, _N_CONT] % 3 == 0, 5.0, -2.0)
-        + 1.5 * X[:, _N_CONT + 1]
-        + np.nan_to_num(num[:, 0], nan=6.0)
-        + rng.normal(0, 2, n)
-    )
-    return X, y
+    """The suite's data (bench/models.py): 14 continuous, 2 categorical codes, 4 numerics
+    with 15 % NaN each."""
+    from models import make_data
+
+    return make_data(n, rng)
 
 
 def _train(
@@ -193,7 +173,9 @@ def _train(
         "num_threads": threads,
         "seed": 0,
     }
-    cats = _CATEGORICAL if categorical else []
+    from models import CATEGORICAL
+
+    cats = CATEGORICAL if categorical else []
     return lgb.train(params, lgb.Dataset(X, y, categorical_feature=cats), num_boost_round=trees)
 
 
@@ -332,7 +314,9 @@ def main(argv: list[str] | None = None) -> int:
 
     n_max = max(args.rows)
     X, booster = data_and_model(args, n_max, threads)
-    categorical = _CATEGORICAL if args.categorical else []
+    from models import CATEGORICAL
+
+    categorical = CATEGORICAL if args.categorical else []
     nan_rows = np.isnan(X).any(axis=1)
     # rows without NaN for the engine timings: the NaN cells get a value of the column
     X_clean = np.where(np.isnan(X), np.float32(1.0), X)
