@@ -49,6 +49,7 @@ from server import metrics
 from server.config import Settings, load_settings
 from server.holder import ModelHolder
 from server.logs import configure_logging
+from server.microbatch import MicroBatcher
 from server.models import LoadedModel
 from training.registry import Registry
 
@@ -454,6 +455,7 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
 
     max_body = int(settings.max_body_mb * 1024 * 1024)
     single_latency = metrics.PREDICTION_LATENCY.labels("single")
+    batcher = MicroBatcher(settings.micro_batch_max)
     batch_latency = metrics.PREDICTION_LATENCY.labels("batch")
 
     async def read_json(scope: Any, receive: Receive) -> tuple[bytes, str]:
@@ -504,7 +506,7 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
         assert model is not None
         t0 = time.perf_counter()
         X = model.pipe.row(item, np.empty((1, model.pipe.n_features), dtype=np.float32))
-        eta, p10, p90 = model.predictor.predict_one(X)
+        eta, p10, p90 = await batcher.predict(model, X)
         single_latency.observe(time.perf_counter() - t0)
         out = Prediction(getattr(item, key), eta, p10, p90, model.version, rid)
         qs = scope.get("query_string", b"")

@@ -42,6 +42,9 @@ class Settings:
     admin_token: str = ""
     rate_limit_per_minute: float = 0.0  # per client address; 0 = off
     max_batch_size: int = 10_000
+    # concurrent /v1/predict requests are predicted together, up to this many rows per
+    # engine call (server.app.MicroBatcher); 1 = every request on its own
+    micro_batch_max: int = 64
     max_body_mb: float = 32.0
     reload_interval_s: float = 1.0  # how often the server checks the registry aliases
 
@@ -67,6 +70,7 @@ _ENV = {
     "admin_token": "ADMIN_TOKEN",
     "rate_limit_per_minute": "RATE_LIMIT_PER_MINUTE",
     "max_batch_size": "MAX_BATCH_SIZE",
+    "micro_batch_max": "MICRO_BATCH_MAX",
     "max_body_mb": "MAX_BODY_MB",
     "reload_interval_s": "RELOAD_INTERVAL_S",
 }
@@ -162,6 +166,11 @@ def load_settings(
     if not 1 <= s.max_batch_size <= 1_000_000 or s.max_batch_size != int(s.max_batch_size):
         raise ConfigError(
             f"MAX_BATCH_SIZE={s.max_batch_size!r}: a whole number within [1, 1000000]"
+        )
+    if not 1 <= s.micro_batch_max <= 4096:
+        raise ConfigError(
+            f"MICRO_BATCH_MAX={s.micro_batch_max!r}: a whole number of rows within [1, 4096] "
+            "(1 = no micro-batching)"
         )
     if not 0 <= s.gpu_min_rows <= 1_000_000_000:
         raise ConfigError(

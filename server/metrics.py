@@ -24,6 +24,7 @@ __all__ = [
     "BATCH_ROWS",
     "CONTENT_TYPE",
     "ERRORS",
+    "MICRO_BATCH_ROWS",
     "MODEL_INFO",
     "MODEL_RELOADS",
     "PREDICTION_LATENCY",
@@ -53,6 +54,11 @@ BATCH_ROWS = Histogram(
     "intellilog_batch_rows",
     "rows per batch request",
     buckets=(1, 8, 64, 256, 1024, 4096, 10000, 100000),
+)
+MICRO_BATCH_ROWS = Histogram(
+    "intellilog_micro_batch_rows",
+    "single-row requests predicted together in one engine call",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
 ERRORS = Counter("intellilog_errors_total", "errors by kind", ["kind"])
 RATE_LIMITED = Counter("intellilog_rate_limited_total", "requests refused by the rate limit")

@@ -19,7 +19,7 @@ processes took on the server's core is recorded as a noise indicator.
 
 Before each server starts, the run waits (``--quiet-wait``, default 30 s) for other
 processes to go quiet. ``--servers`` also takes the probes of ``fastpath_probe.py``
-(``fastpath``, ``asgi_route``, ``gc_frozen``), which are not run by default.
+(``fastpath``, ``asgi_route``, ``gc_frozen``, ``microbatch``), which are not run by default.
 
 Writes ``--out`` (default ``bench/http/results``) ``.json`` and ``.md``.
 
@@ -60,7 +60,7 @@ HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 SERVERS = ("ours", "ceiling", "baseline")
 #: Not run by default: probes of lighter paths through our app (bench/http/fastpath_probe.py).
-PROBES = ("fastpath", "asgi_route", "gc_frozen")
+PROBES = ("fastpath", "asgi_route", "gc_frozen", "microbatch")
 ALL = SERVERS + PROBES
 SINGLE_C = (1, 32, 256)
 BATCH_ROWS = 256

@@ -88,6 +88,8 @@ def test_env_example_is_a_working_env_file(tmp_path: Path) -> None:
         ("INTELLILOG_GPU_MIN_ROWS", "-1"),
         ("INTELLILOG_GPU_MIN_ROWS", "4k"),
         ("RELOAD_INTERVAL_S", "0"),
+        ("MICRO_BATCH_MAX", "0"),
+        ("MICRO_BATCH_MAX", "5000"),
         ("TENANT_ID", ""),
     ],
 )
