@@ -29,7 +29,7 @@ BENCH = Path(__file__).resolve().parent
 BEGIN = "<!-- suite:begin -->"
 END = "<!-- suite:end -->"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-ORDER = ("lightgbm", "onnx", "numba", "hummingbird", "lleaves", "tl2cgen")
+ORDER = ("lightgbm", "onnx", "numba", "compiled", "hummingbird", "lleaves", "tl2cgen")
 BATCH_LABEL = {1: "1", 64: "64", 1024: "1,024", 100_000: "100k", 1_000_000: "1M"}
 
 

@@ -7,7 +7,7 @@ go through pytest-benchmark's ``benchmark`` fixture (its table is printed at the
 ratio is timed in the same test, right before and after. Absolute times are printed,
 never gated: only the ratios are.
 
-* engine one row: numba engine p50 / ``Booster.predict`` p50;
+* engine one row: the served engine's (``compiled``) p50 / ``Booster.predict`` p50;
 * ``score`` overhead: end-to-end ``score_file`` time / engine-only time, same rows;
 * HTTP single row: the raw-RSGI ceiling's server CPU per request / ours (equal to the
   ratio of their request rates when the server's core is saturated, and unlike req/s
@@ -34,7 +34,7 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
-from server.engines import NumbaEngine
+from server.engines import CompiledEngine
 from training.export import export_engines
 
 HERE = Path(__file__).resolve().parent
@@ -44,6 +44,15 @@ sys.path.insert(0, str(HERE / "http"))
 if str(HERE.parent) not in sys.path:  # `tests.e2e.servekit`, also when run from elsewhere
     sys.path.insert(0, str(HERE.parent))
 import load as http_load  # noqa: E402  (bench/http/load.py, a script folder)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compiled_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The compiled engine's object cache in a temporary folder (servers inherit it)."""
+    folder = tmp_path_factory.mktemp("compiled-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("INTELLILOG_CACHE_DIR", str(folder))
+        yield folder
 
 
 def _calls(fn: Callable[[np.ndarray], object], X: np.ndarray, calls: int) -> list[float]:
@@ -82,7 +91,9 @@ def row_ratio(
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> tuple[lgb.Booster, NumbaEngine, np.ndarray]:
+def model(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[lgb.Booster, CompiledEngine, np.ndarray]:
     rng = np.random.default_rng(0)
     n, f = 20_000, 19
     X = rng.normal(size=(n, f)).astype(np.float32)
@@ -92,7 +103,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> tuple[lgb.Booster, NumbaE
     booster = lgb.train(params, lgb.Dataset(X, y), 300)
     out = tmp_path_factory.mktemp("gate-model")
     export_engines({"eta": booster}, X[:500], out)
-    engine = NumbaEngine(out / "eta.forest.npz")
+    engine = CompiledEngine(out / "eta.forest.npz")
     engine.warmup()
     return booster, engine, rng.normal(size=(3000, f)).astype(np.float32)
 
@@ -156,7 +167,7 @@ def test_score_overhead_gate(benchmark: Any, registry: Path, tmp_path: Path) -> 
 
     benchmark.group = "score"
     write_table(generate(60_000, seed=2), tmp_path / "in.parquet")
-    model = load_model(Registry(registry), "production", engine="numba", threads=1)
+    model = load_model(Registry(registry), "production", engine="compiled", threads=1)
     conv = to_columns(read_table(tmp_path / "in.parquet", model.pipe.spec), model.pipe)
     X = model.pipe.matrix(conv.columns)
     model.predict(X[:10])
@@ -233,7 +244,7 @@ def servers(registry: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     work = tmp_path_factory.mktemp("gate-http")
     cpus = sorted(os.sched_getaffinity(0))
     server_cpus = {cpus[0]} if len(cpus) > 1 else None
-    env = clean_env(MODEL_ARTIFACT_PATH=str(registry), INTELLILOG_ENGINE="numba")
+    env = clean_env(MODEL_ARTIFACT_PATH=str(registry))  # the default engine, both servers
     where = ["--host", "127.0.0.1", "--port", "{port}"]
     cmds = {
         "ours": [str(BIN / "intellilog"), "serve", *where],

@@ -354,7 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="metrics of a registered model on a file")
     e.add_argument("--data", required=True)
     e.add_argument("--model", default="production", help="version or alias (default production)")
-    e.add_argument("--engine", default="lightgbm", choices=["onnx", "numba", "lightgbm"])
+    e.add_argument(
+        "--engine", default="lightgbm", choices=["onnx", "numba", "compiled", "lightgbm"]
+    )
     e.add_argument("--accuracy-threshold", type=float)
     reg_opt(e)
     e.add_argument("--json", action="store_true")
@@ -375,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default="production", help="version or alias (default production)")
     s.add_argument(
         "--engine",
-        choices=["onnx", "numba", "lightgbm"],
+        choices=["onnx", "numba", "compiled", "lightgbm"],
         help="default: $INTELLILOG_ENGINE or numba",
     )
     s.add_argument("--spec", help="check the model was trained with this spec")

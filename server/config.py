@@ -17,7 +17,7 @@ from kernels.errors import ConfigError
 
 __all__ = ["ENGINES", "Settings", "load_dotenv", "load_settings"]
 
-ENGINES = ("onnx", "numba", "lightgbm", "hummingbird")
+ENGINES = ("onnx", "numba", "compiled", "lightgbm", "hummingbird")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -28,7 +28,9 @@ class Settings:
     tenant_id: str = "default"
     database_url: str = "sqlite:///./intellilog.db"
     model_artifact_path: str = "./models"
-    engine: str = "numba"  # bit-exact with LightGBM; fastest here for one row and for batches (bench/RESULTS.md)
+    # the forest compiled to machine code (kernels/compiled.py): bit-exact with LightGBM,
+    # fastest here for one row and for batches (bench/RESULTS.md); cached after the first load
+    engine: str = "compiled"
     allow_gpu: bool = True
     # batches of at least this many rows go to the GPU engine when there is one
     # (server.engines: hummingbird on CUDA, behind its parity check); 0 = never

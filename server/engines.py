@@ -14,7 +14,12 @@ kind             file                   engine
 ``onnx``         ``<name>.onnx``        :class:`OnnxEngine` (onnxruntime)
 ``numba``        ``<name>.forest.npz``  :class:`NumbaEngine` (:mod:`kernels.forest`)
 ``hummingbird``  ``<name>.hb.onnx``     :class:`HummingbirdEngine` (onnxruntime)
+``compiled``     ``<name>.forest.npz``  :class:`CompiledEngine` (:mod:`kernels.compiled`)
 ===============  =====================  =========================================
+
+``compiled`` has no export of its own: it compiles the numba engine's file to machine
+code when it loads (or loads the object code from its cache), so a version exported
+with ``numba`` serves ``compiled`` too (:data:`KIND_SOURCES`).
 
 GPU: ``OnnxEngine``/``HummingbirdEngine`` use ``CUDAExecutionProvider`` when
 onnxruntime offers it and GPU use is allowed (argument ``allow_gpu``, else the
@@ -59,6 +64,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from kernels import compiled as _compiled
 from kernels.errors import ConfigError, InferenceError, ModelLoadError
 from kernels.forest import (
     BLOCK,
@@ -76,7 +82,9 @@ __all__ = [
     "ENV_ALLOW_GPU",
     "ENV_GPU_MIN_ROWS",
     "KINDS",
+    "KIND_SOURCES",
     "MODEL_NAMES",
+    "CompiledEngine",
     "Engine",
     "HummingbirdEngine",
     "LightGBMEngine",
@@ -99,8 +107,11 @@ ENV_GPU_MIN_ROWS = "INTELLILOG_GPU_MIN_ROWS"
 DEFAULT_GPU_MIN_ROWS = 4096
 #: Rows per GPU run: bounds the device memory of hummingbird's [rows, trees] tensors.
 GPU_CHUNK_ROWS = 1 << 18
+#: Engine kinds that serve another kind's exported file (and parity record): the
+#: ``compiled`` engine compiles the numba engine's ``.forest.npz`` at load.
+KIND_SOURCES: dict[str, str] = {"compiled": "numba"}
 #: Engine kinds accepted by :func:`load_engine`.
-KINDS: tuple[str, ...] = tuple(ENGINE_FILES)
+KINDS: tuple[str, ...] = (*ENGINE_FILES, *KIND_SOURCES)
 #: The three models of one version, in the order :meth:`Predictor.predict` returns.
 MODEL_NAMES: tuple[str, str, str] = ("eta", "p10", "p90")
 
@@ -110,13 +121,14 @@ _FALSE = {"0", "false", "no", "off"}
 # parallel kernel at a time per process (it uses every thread it is given anyway).
 _PARALLEL_LOCK = threading.Lock()
 _forests_row: Any = predict_forests_row  # numba's Dispatcher type hides the signature
+_rows3: Any = _compiled.call_rows3
 
 
 @runtime_checkable
 class Engine(Protocol):
     """A compiled model: ``predict(X float32 [n, F]) -> float64 [n]`` minutes."""
 
-    name: str  # "onnx" | "numba" | "lightgbm" | "hummingbird"
+    name: str  # "onnx" | "numba" | "compiled" | "lightgbm" | "hummingbird"
     device: str  # "cpu" | "cuda"
 
     def predict(self, X: np.ndarray) -> np.ndarray: ...
@@ -562,6 +574,94 @@ class NumbaEngine:
                 self.parallel_from = saved
 
 
+class CompiledEngine:
+    """The flattened forest of ``<name>.forest.npz`` compiled to machine code
+    (:mod:`kernels.compiled`; bit-exact with LightGBM, like :class:`NumbaEngine`).
+
+    At load: compiles the forest, or loads its object code from ``cache_dir`` (None:
+    ``$INTELLILOG_CACHE_DIR`` or ``~/.cache/intellilog/compiled``; an unwritable folder
+    only costs the compile in every process), then checks the compiled code against
+    the :mod:`kernels.forest` kernels on :func:`kernels.compiled.edge_rows` (NaN, ±inf,
+    zeros, ±1e-36, huge values, thresholds and their neighbours, seen, unseen, negative
+    and huge categorical codes): any difference raises ModelLoadError (a code
+    generator bug; the numba engine still serves the file). ``load_note`` says how
+    long the compile or cache load took.
+
+    ``n == 1``: the compiled row function; ``n >= parallel_from`` and ``threads > 1``:
+    row blocks over ``threads`` numba threads (one parallel call at a time per
+    process); else the compiled batch function on one thread. The GIL is released
+    while the compiled code runs.
+    """
+
+    name = "compiled"
+    device = "cpu"
+
+    def __init__(
+        self,
+        path: str | Path,
+        threads: int = 1,
+        cache_dir: str | Path | None = None,
+        parallel_from: int = 4 * BLOCK,
+    ) -> None:
+        import numba
+
+        path = Path(path)
+        _require(path, self.name)
+        self.path = path
+        self.forest = Forest.load(path)
+        self.n_features = self.forest.n_features
+        self.threads = max(1, min(int(threads), int(getattr(numba.config, "NUMBA_NUM_THREADS", 1))))
+        self.parallel_from = max(1, int(parallel_from))
+        args = self.forest.args()
+        try:
+            self.compiled = _compiled.compile_forest(args, cache_dir)
+        except Exception as exc:  # LLVM errors: not expected for a validated forest
+            raise ModelLoadError(
+                f"compiled engine: {path} could not be compiled ({type(exc).__name__}: {exc}); "
+                "use the numba engine"
+            ) from exc
+        self.load_note: str = self.compiled.info["note"]
+        with _PARALLEL_LOCK:
+            problem = _compiled.compare_with_kernel(self.compiled, args, threads=self.threads)
+        if problem is not None:
+            raise ModelLoadError(
+                f"compiled engine: the code compiled for {path} disagrees with the numba "
+                f"kernels ({problem}); a code generator bug: use the numba engine"
+            )
+        self.row_addr = self.compiled.row_addr
+        self._batch_addr = self.compiled.batch_addr
+        self._block = self.compiled.block
+        log.info("%s: compiled engine ready (%s)", path.name, self.load_note)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        X = _matrix(X, self.n_features, self.name)
+        n = X.shape[0]
+        if n == 1:
+            return np.array([_compiled.call_row(self.row_addr, X)])
+        out = np.empty(n, dtype=np.float64)
+        if self.threads > 1 and n >= self.parallel_from:
+            import numba
+
+            with _PARALLEL_LOCK:
+                numba.set_num_threads(self.threads)
+                _compiled.call_parallel(self._batch_addr, X, out, self._block)
+        else:
+            _compiled.call_batch(self._batch_addr, X, out)
+        return out
+
+    def warmup(self) -> None:
+        """Compile (or load from numba's cache) the numba wrappers of every path."""
+        X = np.zeros((2, self.n_features), dtype=np.float32)
+        self.predict(X[:1])
+        self.predict(X)
+        if self.threads > 1:
+            saved, self.parallel_from = self.parallel_from, 1
+            try:
+                self.predict(X)
+            finally:
+                self.parallel_from = saved
+
+
 def load_engine(
     model_dir: Path,
     name: str,
@@ -570,20 +670,22 @@ def load_engine(
     allow_gpu: bool | None = None,
 ) -> Engine:
     """Load model ``name`` (e.g. ``"eta"``) of the folder ``model_dir`` as engine
-    ``kind`` (``onnx`` | ``numba`` | ``lightgbm`` | ``hummingbird``).
+    ``kind`` (``onnx`` | ``numba`` | ``compiled`` | ``lightgbm`` | ``hummingbird``).
 
     Raises ConfigError for an unknown kind, ModelLoadError when the file
-    ``<name><suffix>`` is missing or corrupt.
+    ``<name><suffix>`` is missing or corrupt (``compiled`` reads the numba file).
     """
-    if kind not in ENGINE_FILES:
+    if kind not in KINDS:
         raise ConfigError(f"unknown engine kind {kind!r}; choose one of {', '.join(KINDS)}")
-    path = Path(model_dir) / f"{name}{ENGINE_FILES[kind]}"
+    path = Path(model_dir) / f"{name}{ENGINE_FILES[KIND_SOURCES.get(kind, kind)]}"
     if kind == "lightgbm":
         return LightGBMEngine(path, threads)
     if kind == "onnx":
         return OnnxEngine(path, threads, allow_gpu)
     if kind == "numba":
         return NumbaEngine(path, threads)
+    if kind == "compiled":
+        return CompiledEngine(path, threads)
     return HummingbirdEngine(path, threads, allow_gpu)
 
 
@@ -661,6 +763,11 @@ class Predictor:
         if all(isinstance(e, NumbaEngine) for e in self.engines.values()):
             forests = [self.engines[m].forest.args() for m in MODEL_NAMES]  # type: ignore[attr-defined]
             self._stacked = stack_forests(forests)
+        # on compiled: the three compiled row functions, called from one numba wrapper
+        self._rows3: tuple[int, int, int] | None = None
+        if all(isinstance(e, CompiledEngine) for e in self.engines.values()):
+            eta, p10, p90 = (self.engines[m].row_addr for m in MODEL_NAMES)  # type: ignore[attr-defined]
+            self._rows3 = (eta, p10, p90)
 
     # ---- set-up ---------------------------------------------------------------------
 
@@ -766,15 +873,21 @@ class Predictor:
     def predict_one(self, X: np.ndarray) -> tuple[float, float, float]:
         """``(eta, p10, p90)`` of row 0 of ``X[1, F]``, as :meth:`predict` gives them: the
         single-request path. On numba the three forests are one kernel call (no array
-        per model); other engines go through :meth:`predict`."""
-        st = self._stacked
-        if st is None or X.shape != (1, self.n_features) or X.dtype != np.float32:
-            eta_a, p10_a, p90_a = self.predict(X[:1])
-            return float(eta_a[0]), float(p10_a[0]), float(p90_a[0])
-        out = np.empty(3)
-        _forests_row(np.ascontiguousarray(X), *st, out)
-        eta, p10, p90 = out.tolist()
-        return eta, min(p10, eta), max(p90, eta)
+        per model); on compiled the three row functions are called from one numba
+        wrapper; other engines go through :meth:`predict`."""
+        if X.shape == (1, self.n_features) and X.dtype == np.float32:
+            st = self._stacked
+            if st is not None:
+                out = np.empty(3)
+                _forests_row(np.ascontiguousarray(X), *st, out)
+                eta, p10, p90 = out.tolist()
+                return eta, min(p10, eta), max(p90, eta)
+            rows = self._rows3
+            if rows is not None:
+                eta, p10, p90 = _rows3(rows[0], rows[1], rows[2], np.ascontiguousarray(X))
+                return eta, min(p10, eta), max(p90, eta)
+        eta_a, p10_a, p90_a = self.predict(X[:1])
+        return float(eta_a[0]), float(p10_a[0]), float(p90_a[0])
 
     def _predict_large(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         gpu = self.large

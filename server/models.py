@@ -11,7 +11,7 @@ import numpy as np
 from kernels.errors import ModelLoadError
 from kernels.features import Pipeline
 from kernels.spec import FeatureSpec, spec_from_dict
-from server.engines import Predictor
+from server.engines import KIND_SOURCES, Predictor
 from training.registry import Registry
 
 __all__ = ["LoadedModel", "load_model"]
@@ -79,9 +79,11 @@ def load_model(
             f"the given spec {spec.name!r} has hash {spec.hash}: use the model's spec or retrain"
         )
     engines = manifest.get("engines", {})
-    if engine not in engines:
+    source = KIND_SOURCES.get(engine, engine)  # compiled: serves the numba export
+    if source not in engines:
         have = ", ".join(sorted(engines)) or "none"
-        raise ModelLoadError(f"model {version} has no {engine!r} engine (has: {have})")
+        via = f" (the {engine!r} engine needs its {source!r} export)" if source != engine else ""
+        raise ModelLoadError(f"model {version} has no {source!r} engine{via} (has: {have})")
     pipe = Pipeline(model_spec, levels)
     hb = engines.get("hummingbird")
     predictor = Predictor(

@@ -174,3 +174,13 @@ def registry_copy(trained: TrainedModel, tmp_path: Path) -> Path:
     dst = tmp_path / "registry"
     shutil.copytree(trained.registry, dst)
     return dst
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compiled_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The compiled engine's object cache (``INTELLILOG_CACHE_DIR``) in a session folder:
+    tests never write to ``~/.cache``; servers and CLI runs started by tests inherit it."""
+    folder = tmp_path_factory.mktemp("compiled-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("INTELLILOG_CACHE_DIR", str(folder))
+        yield folder

@@ -4,7 +4,7 @@ Each ``bench/adapters/<name>.py`` imports only the standard library and numpy at
 top level (``bench/run.py`` reads ``NAME`` and ``ENV`` from it in the main interpreter,
 ``bench/worker.py`` runs it in the interpreter ``ENV`` names) and defines::
 
-    NAME: str   # "lightgbm" | "onnx" | "numba" | "hummingbird" | "lleaves" | "tl2cgen"
+    NAME: str   # "lightgbm" | "onnx" | "numba" | "compiled" | "hummingbird" | "lleaves" | "tl2cgen"
     ENV: str    # "main": runs under .venv/bin/python; "peers": bench/.venvs/peers/bin/python
     def unavailable() -> str | None: ...   # None when runnable here, else a one-line reason
     class Adapter:
@@ -30,7 +30,15 @@ from types import ModuleType
 HERE = Path(__file__).resolve().parent
 
 #: Every engine and peer the suite reports, in table order (a missing module is reported).
-ALL: tuple[str, ...] = ("lightgbm", "onnx", "numba", "hummingbird", "lleaves", "tl2cgen")
+ALL: tuple[str, ...] = (
+    "lightgbm",
+    "onnx",
+    "numba",
+    "compiled",
+    "hummingbird",
+    "lleaves",
+    "tl2cgen",
+)
 
 
 def path_of(name: str) -> Path:

@@ -88,7 +88,7 @@ def test_every_endpoint_answers(http: Any) -> None:
     assert r.status_code == 200 and r.json()["count"] == 2
     r = http.post("/v1/predict", json={**row[0], "pickup_lat": 91})
     assert r.status_code == 422 and r.json()["error"]["errors"][0]["path"] == "$.pickup_lat"
-    assert http.get("/v1/models").json()["serving"]["engine"] == "numba"
+    assert http.get("/v1/models").json()["serving"]["engine"] == "compiled"  # the default
     text = http.get("/metrics").text
     assert (
         kit.metric(text, "intellilog_http_requests_total", route="/v1/predict", status="200") >= 1

@@ -426,7 +426,7 @@ def test_models_describes_what_is_served(client: Any) -> None:
     s = body["serving"]
     assert s["version"] == "v1"
     assert s["alias"] == "production"
-    assert s["engine"] == "numba"
+    assert s["engine"] == "compiled"  # the default
     assert s["device"] == "cpu"
     # the session models were exported without the gpu extra: no GPU engine, and why
     assert s["large_batch"] is None
@@ -441,24 +441,24 @@ def test_large_batches_go_to_a_gpu_engine_and_models_says_so(
     registry: Path, make_client: Callable[..., Any], fake_gpu: Any
 ) -> None:
     """A version exported with the gpu extra, on a (simulated) GPU: batches of >= 4 rows
-    go to it, smaller ones and single rows stay on numba; /v1/models shows it."""
+    go to it, smaller ones and single rows stay on the CPU engine; /v1/models shows it."""
     from tests.server.fakegpu import add_hb_export
 
     add_hb_export(registry / "versions" / "v1")
     c = make_client(registry, gpu_min_rows=4)
     s = c.get("/v1/models").json()["serving"]
-    assert s["engine"] == "numba" and s["device"] == "cpu"
+    assert s["engine"] == "compiled" and s["device"] == "cpu"
     assert s["large_batch"] == {
         "engine": "hummingbird",
         "device": "cuda",
         "runtime": "fake CUDA",
         "min_rows": 4,
-        "nan_rows": "numba",
+        "nan_rows": "compiled",
     }
     assert s["large_batch_reason"] is None
     fake_gpu.calls.clear()  # the load-time check
     rows = [{k: (ROW[k] if v is None else v) for k, v in r.items()} for r in kit.sample_rows(7, 41)]
-    del rows[6]["prep_minutes"]  # a missing value: that row stays on numba
+    del rows[6]["prep_minutes"]  # a missing value: that row stays on the CPU engine
     one = [post_json(c, "/v1/predict", row).json()["eta_minutes"] for row in rows]
     small = post_json(c, "/v1/predict/batch", {"deliveries": rows[:3]}).json()["predictions"]
     assert fake_gpu.calls == []
@@ -494,8 +494,8 @@ def test_metrics_count_requests_errors_and_model(client: Any) -> None:
         text, "intellilog_http_requests_total", route="/v1/predict", method="POST", status="200"
     )
     assert n200 >= 1
-    assert kit.metric(text, "intellilog_model_info", version="v1", engine="numba") == 1
-    assert 'intellilog_model_info{device="cpu",engine="numba",version="v1"} 1.0' in text
+    assert kit.metric(text, "intellilog_model_info", version="v1", engine="compiled") == 1
+    assert 'intellilog_model_info{device="cpu",engine="compiled",version="v1"} 1.0' in text
 
     v_before = kit.metric(text, "intellilog_errors_total", kind="validation_error")
     r422_before = kit.metric(
@@ -641,8 +641,8 @@ def test_admin_promote_and_rollback_swap_the_served_model(
     assert models_v2["serving"]["version"] == "v2"
     assert models_v2["aliases"] == {"production": "v2"}
     text = scrape(c)
-    assert kit.metric(text, "intellilog_model_info", version="v2", engine="numba") == 1
-    assert kit.metric(text, "intellilog_model_info", version="v1", engine="numba") == 0
+    assert kit.metric(text, "intellilog_model_info", version="v2", engine="compiled") == 1
+    assert kit.metric(text, "intellilog_model_info", version="v1", engine="compiled") == 0
 
     r = post_json(c, "/v1/admin/rollback", {}, **auth)
     assert r.status_code == 200, r.text
@@ -708,7 +708,7 @@ def test_broken_version_is_refused_and_old_one_keeps_serving(
     text = scrape(c)
     assert kit.metric(text, "intellilog_model_reloads_total", result="failed") == failed0 + 1
     assert kit.metric(text, "intellilog_model_reloads_total", result="ok") == ok0
-    assert kit.metric(text, "intellilog_model_info", version="v1", engine="numba") == 1
+    assert kit.metric(text, "intellilog_model_info", version="v1", engine="compiled") == 1
 
 
 def test_admin_reload_of_a_broken_version_is_409(

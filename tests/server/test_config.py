@@ -10,7 +10,9 @@ from server.config import load_dotenv, load_settings
 
 def test_defaults_and_env_override(tmp_path: Path) -> None:
     s = load_settings({}, dotenv=None)
-    assert s.environment == "development" and s.engine == "numba" and s.rate_limit_per_minute == 0
+    assert (
+        s.environment == "development" and s.engine == "compiled" and s.rate_limit_per_minute == 0
+    )
     env = {
         "ENVIRONMENT": "production",
         "ENABLE_AB_TESTING": "yes",
@@ -40,6 +42,7 @@ def test_dotenv_is_read_and_env_wins(tmp_path: Path) -> None:
     }
     s = load_settings({"INTELLILOG_ENGINE": "lightgbm"}, dotenv=p)
     assert s.tenant_id == "acme" and s.engine == "lightgbm"
+    assert load_settings({"INTELLILOG_ENGINE": "compiled"}, dotenv=None).engine == "compiled"
     bad = tmp_path / "bad.env"
     bad.write_text("JUSTAWORD\n")
     with pytest.raises(ConfigError, match=r"bad\.env:1: expected KEY=VALUE"):

@@ -19,6 +19,7 @@ from server.engines import (
     DEFAULT_GPU_MIN_ROWS,
     ENV_ALLOW_GPU,
     ENV_GPU_MIN_ROWS,
+    CompiledEngine,
     Engine,
     HummingbirdEngine,
     NumbaEngine,
@@ -54,7 +55,7 @@ def model_dir(trio: dict[str, lgb.Booster], tmp_path_factory: pytest.TempPathFac
 
 @pytest.fixture(scope="session")
 def engines(model_dir: Path) -> dict[str, Engine]:
-    return {k: load_engine(model_dir, "eta", k) for k in ("lightgbm", "onnx", "numba")}
+    return {k: load_engine(model_dir, "eta", k) for k in ("lightgbm", "onnx", "numba", "compiled")}
 
 
 def _f32(v: float) -> float:
@@ -98,6 +99,9 @@ def test_hypothesis_engines_match_lightgbm(
     ref = trio["eta"].predict(X)
     assert np.array_equal(engines["lightgbm"].predict(X), ref)
     assert np.array_equal(engines["numba"].predict(X), ref)  # bit-exact
+    assert np.array_equal(engines["compiled"].predict(X), ref)
+    rows = np.concatenate([engines["compiled"].predict(X[i : i + 1]) for i in range(len(X))])
+    assert np.array_equal(rows, ref)
     rep = check_parity(ref, engines["onnx"].predict(X), X, "onnx")
     assert rep.passed, rep.describe()
 
@@ -118,11 +122,65 @@ def test_numba_paths_agree(trio: dict[str, lgb.Booster], model_dir: Path) -> Non
     assert out.shape == (1,) and out.dtype == np.float64
 
 
+def test_compiled_paths_agree(
+    trio: dict[str, lgb.Booster], model_dir: Path, tmp_path: Path
+) -> None:
+    X, _ = _data(700, seed=8)
+    X[::7, 1] = np.nan
+    X[::11, CAT] = 99
+    ref = trio["p90"].predict(X)
+    path = model_dir / "p90.forest.npz"
+    par = CompiledEngine(path, threads=2, cache_dir=tmp_path, parallel_from=64)
+    assert "compiled in" in par.load_note
+    single = CompiledEngine(path, threads=1, cache_dir=tmp_path)
+    assert single.load_note.startswith("loaded from cache")
+    par.warmup()
+    assert np.array_equal(par.predict(X), ref)
+    assert np.array_equal(single.predict(X), ref)
+    rows = np.concatenate([single.predict(X[i : i + 1]) for i in range(50)])
+    assert np.array_equal(rows, ref[:50])
+    assert par.name == "compiled" and par.device == "cpu"
+
+
+def test_compiled_engine_refuses_code_that_disagrees_with_numba(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The load check: code compiled from another forest (a stand-in for a generator
+    bug) is refused."""
+    from kernels import compiled
+    from training.export import Forest
+
+    other = Forest.load(model_dir / "p10.forest.npz")
+    real = compiled.compile_forest
+    monkeypatch.setattr(compiled, "compile_forest", lambda _args, d: real(other, d))
+    with pytest.raises(ModelLoadError, match="disagrees with the numba kernels"):
+        CompiledEngine(model_dir / "eta.forest.npz", cache_dir=tmp_path)
+
+
+def test_load_model_serves_compiled_from_the_numba_export(models: Any) -> None:
+    """A registered version has no ``compiled`` export: the engine compiles ``numba``'s."""
+    from server.models import load_model
+    from training.registry import Registry
+
+    reg = Registry(models.registry)
+    compiled = load_model(reg, "v1", engine="compiled")
+    numba = load_model(reg, "v1", engine="numba")
+    assert compiled.engine_name == "compiled" and compiled.device == "cpu"
+    rng = np.random.default_rng(0)
+    X = rng.normal(0, 5, (200, compiled.pipe.n_features)).round().astype(np.float32)
+    X[::5, 0] = np.nan
+    for a, b in zip(compiled.predict(X), numba.predict(X), strict=True):
+        assert np.array_equal(a, b)
+    assert compiled.predictor.predict_one(X[:1]) == numba.predictor.predict_one(X[:1])
+
+
 def test_inputs_are_converted_and_checked(engines: dict[str, Engine]) -> None:
     X, _ = _data(10, seed=1)
     ref = engines["numba"].predict(X)
-    assert np.array_equal(engines["numba"].predict(X.astype(np.float64)), ref)
-    assert np.array_equal(engines["numba"].predict(np.asfortranarray(X)), ref)
+    for kind in ("numba", "compiled"):
+        assert np.array_equal(engines[kind].predict(X.astype(np.float64)), ref)
+        assert np.array_equal(engines[kind].predict(np.asfortranarray(X)), ref)
+        assert np.array_equal(engines[kind].predict(np.asfortranarray(X[:1])), ref[:1])
     for e in engines.values():
         with pytest.raises(InferenceError, match="matrix"):
             e.predict(np.zeros((3, F + 1), np.float32))
@@ -133,7 +191,7 @@ def test_inputs_are_converted_and_checked(engines: dict[str, Engine]) -> None:
 # --------------------------------------------------------------------- loading errors
 
 
-@pytest.mark.parametrize("kind", ["lightgbm", "onnx", "numba", "hummingbird"])
+@pytest.mark.parametrize("kind", ["lightgbm", "onnx", "numba", "compiled", "hummingbird"])
 def test_missing_file(tmp_path: Path, kind: str) -> None:
     with pytest.raises(ModelLoadError, match="missing"):
         load_engine(tmp_path, "eta", kind)
@@ -141,7 +199,12 @@ def test_missing_file(tmp_path: Path, kind: str) -> None:
 
 @pytest.mark.parametrize(
     ("kind", "file"),
-    [("onnx", "eta.onnx"), ("numba", "eta.forest.npz"), ("lightgbm", "eta.txt")],
+    [
+        ("onnx", "eta.onnx"),
+        ("numba", "eta.forest.npz"),
+        ("compiled", "eta.forest.npz"),
+        ("lightgbm", "eta.txt"),
+    ],
 )
 @pytest.mark.parametrize("damage", ["garbage", "truncate"])
 def test_corrupt_file(model_dir: Path, tmp_path: Path, kind: str, file: str, damage: str) -> None:
@@ -189,7 +252,7 @@ def test_hummingbird_engine_refuses_nan(model_dir: Path, tmp_path: Path) -> None
 # --------------------------------------------------------------------- Predictor
 
 
-@pytest.mark.parametrize("kind", ["onnx", "numba", "lightgbm"])
+@pytest.mark.parametrize("kind", ["onnx", "numba", "compiled", "lightgbm"])
 def test_predictor(trio: dict[str, lgb.Booster], model_dir: Path, kind: str) -> None:
     pred = Predictor(model_dir, kind, threads=2)
     pred.warmup()
@@ -209,6 +272,7 @@ def test_predictor(trio: dict[str, lgb.Booster], model_dir: Path, kind: str) -> 
     for i in range(len(X)):
         assert pred.predict_one(X[i : i + 1]) == (eta[i], p10[i], p90[i])
     assert (pred._stacked is not None) == (kind == "numba")
+    assert (pred._rows3 is not None) == (kind == "compiled")
 
 
 def test_predictor_widens_crossing_quantiles(

@@ -26,11 +26,11 @@ def test_report_says_why_large_batches_stay_on_cpu(
     cli: Callable[..., Any], models: Any, tmp_path: Path
 ) -> None:
     report = _score(cli, models.registry, tmp_path / "a.parquet", models.data, "--json").json()
-    assert report["engine"] == "numba" and report["device"] == "cpu"
+    assert report["engine"] == "compiled" and report["device"] == "cpu"
     assert report["large_batch"] is None and report["rows_gpu"] == 0
     assert report["large_batch_reason"].startswith("no hummingbird export: eta.hb.onnx")
     text = _score(cli, models.registry, tmp_path / "b.parquet", models.data).err
-    assert "large batches: numba on cpu; no GPU engine: no hummingbird export: eta" in text
+    assert "large batches: compiled on cpu; no GPU engine: no hummingbird export: eta" in text
 
 
 def test_large_batches_are_scored_on_the_gpu_and_the_report_says_so(
@@ -54,7 +54,7 @@ def test_large_batches_are_scored_on_the_gpu_and_the_report_says_so(
         "device": "cuda",
         "runtime": "fake CUDA",
         "min_rows": 500,
-        "nan_rows": "numba",
+        "nan_rows": "compiled",
     }
     assert report["large_batch_reason"] is None
     gpu_rows = sum(fake_gpu.rows()[1:])  # the first call is the load-time check
@@ -65,4 +65,4 @@ def test_large_batches_are_scored_on_the_gpu_and_the_report_says_so(
         np.testing.assert_array_equal(gpu.column(col).to_numpy(), cpu.column(col).to_numpy())
     text = _score(cli, registry, tmp_path / "c.parquet", models.data, "--batch-rows", "1000").err
     assert "large batches (>= 500 rows): hummingbird on cuda (fake CUDA)" in text
-    assert "rows with NaN on numba" in text
+    assert "rows with NaN on compiled" in text
