@@ -7,7 +7,7 @@ One prepared script, run as one short job (a few minutes on an H100 with 16 core
    at once with exit code 2 and ``no CUDA device: ...``, unless ``--cpu-only`` (the CPU
    half only: how the script is tested on machines without a GPU).
 2. Trains a LightGBM regressor (``--trees`` 500 x ``--leaves`` 63 on 20 float32
-   features with NaN: the shape of ``bench/engines.py``'s data; the two code columns
+   features with NaN: the suite's data (``bench/models.py``); the two code columns
    are plain numeric features, because hummingbird-ml 0.4.12 cannot convert LightGBM's
    categorical splits, microsoft/hummingbird#245: ``--categorical`` shows that case,
    where no ``.hb.onnx`` is written and nothing runs on the GPU) and exports it with

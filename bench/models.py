@@ -1,8 +1,8 @@
 """The benchmark models and data: shared by ``bench/run.py`` (the suite) and its tests.
 
-The data is the one ``bench/engines.py`` uses (same generator, same 20 float32
-features: 14 continuous, 2 categorical codes incl. an unseen one, 4 numerics with
-~15 % NaN); a model is a LightGBM regressor of ``trees`` x ``leaves`` trained on it.
+The data: 20 float32 features (14 continuous, 2 categorical codes incl. an unseen one,
+4 numerics with ~15 % NaN) and a non-linear target; a model is a LightGBM regressor of
+``trees`` x ``leaves`` trained on it.
 
 :func:`node_visits` gives what the physical-limit estimate needs: how many internal
 nodes a row visits, summed over the trees (the depth of the leaf it reaches in each).
@@ -23,7 +23,7 @@ CATEGORICAL = [N_CONT + k for k in range(len(CATS))]
 
 def make_data(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """``X[n, 20]`` float32 (continuous, categorical codes incl. an unseen one, numerics
-    with NaN) and a non-linear target (identical to ``bench/engines.py``)."""
+    with NaN) and a non-linear target."""
     X = np.empty((n, F), dtype=np.float32)
     X[:, :N_CONT] = rng.normal(size=(n, N_CONT))
     for k, levels in enumerate(CATS):

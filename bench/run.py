@@ -1,7 +1,7 @@
 """The engine and peer benchmark suite: every adapter in a fresh process, results to JSON.
 
 For each model size (default ``100x31`` and ``500x63``: trees x leaves, 20 float32
-features, data and training as in ``bench/engines.py``) the runner
+features, data and training from ``bench/models.py``) the runner
 
 1. trains the LightGBM model (cached under ``bench/.cache/models/<size>-s<seed>-r<rows>/``)
    and exports our engines with :func:`training.export.export_engines` (which proves
