@@ -34,7 +34,7 @@ each. ``--json PATH`` writes the raw figures.
 
 Run (about 75 s on 2 idle cores with the defaults; several minutes on a busy machine)::
 
-    .venv/bin/python bench/score.py [--rows 1000000] [--engine onnx|numba|lightgbm]
+    .venv/bin/python bench/score.py [--rows 1000000] [--engine compiled|numba|onnx|lightgbm]
         [--threads 0] [--batch-rows 131072] [--max-rounds N] [--passes 1]
         [--rss-rows 10000,200000] [--workdir DIR] [--json out/score.json]
 """
@@ -279,7 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--max-rounds", type=int, help="bound boosting rounds (default: TrainSettings, 1500)"
     )
-    ap.add_argument("--engine", default="onnx", choices=["onnx", "numba", "lightgbm"])
+    ap.add_argument(
+        "--engine", default="compiled", choices=["compiled", "numba", "onnx", "lightgbm"]
+    )
     ap.add_argument("--threads", type=int, default=0, help="engine threads (0: every core)")
     ap.add_argument("--batch-rows", type=int, default=131_072)
     ap.add_argument(

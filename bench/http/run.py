@@ -19,7 +19,8 @@ processes took on the server's core is recorded as a noise indicator.
 
 Before each server starts, the run waits (``--quiet-wait``, default 30 s) for other
 processes to go quiet. ``--servers`` also takes the probes of ``fastpath_probe.py``
-(``fastpath``, ``asgi_route``, ``gc_frozen``, ``microbatch``), which are not run by default.
+(``fastpath``, ``asgi_route``, ``gc_frozen``, ``microbatch``) and ``ours_nobatch``
+(``intellilog serve`` with ``MICRO_BATCH_MAX=1``), which are not run by default.
 
 Writes ``--out`` (default ``bench/http/results``) ``.json`` and ``.md``.
 
@@ -60,7 +61,7 @@ HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 SERVERS = ("ours", "ceiling", "baseline")
 #: Not run by default: probes of lighter paths through our app (bench/http/fastpath_probe.py).
-PROBES = ("fastpath", "asgi_route", "gc_frozen", "microbatch")
+PROBES = ("fastpath", "asgi_route", "gc_frozen", "microbatch", "ours_nobatch")
 ALL = SERVERS + PROBES
 SINGLE_C = (1, 32, 256)
 BATCH_ROWS = 256
@@ -124,7 +125,7 @@ def free_port() -> int:
 
 def server_cmd(name: str, port: int, baseline_python: str) -> list[str]:
     p = str(port)
-    if name == "ours":
+    if name in ("ours", "ours_nobatch"):
         return [str(BIN / "intellilog"), "serve", "--host", "127.0.0.1", "--port", p]
     where = ["--host", "127.0.0.1", "--port", p]
     if name == "ceiling":
@@ -365,6 +366,8 @@ def bench_server(
     busy = wait_quiet(args.quiet_wait, args.quiet_threshold)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    if name == "ours_nobatch":  # the product with micro-batching off
+        env = {**env, "MICRO_BATCH_MAX": "1"}
     srv = Server(
         name,
         pin(server_cmd(name, port, args.baseline_python), args.server_cpu),
