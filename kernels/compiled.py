@@ -64,34 +64,29 @@ Object cache
 ============
 
 Compiling costs ~0.25 s per 1,000 tree nodes on this machine (0.7 s for 100 x 31
-leaves, 7.6 s for 500 x 63 leaves); a cached load takes milliseconds. The object code
-is cached in ``cache_dir`` (default: ``$INTELLILOG_CACHE_DIR``, else
-``~/.cache/intellilog/compiled``) as ``forest-<key>.o`` where ``key`` is the
-sha256 of the forest's arrays and scalars, :data:`GENERATOR_VERSION`, the block size,
-the optimisation level, the llvmlite version and the host CPU's name and feature
-string: a cached load needs neither code generation nor IR. A file is written to a
-temporary name and renamed (a concurrent process never reads half a file) and
-starts with a magic line and the sha256 of the object bytes, checked before the
-object is handed to the JIT linker (a damaged file is recompiled, never loaded).
-When the folder cannot be created or written, the forest is compiled in memory and a
-warning says so; nothing fails.
+leaves, 7.6 s for 500 x 63 leaves); loading cached object code takes milliseconds.
+:func:`compile_forest` takes an :class:`ObjectCache` (get / put bytes by key) and
+stores the object code under a key that is the sha256 of the forest's arrays and
+scalars, :data:`GENERATOR_VERSION`, the block size, the optimisation level, the
+llvmlite version and the host CPU's name and feature string: a cached load needs
+neither code generation nor IR. This module does no file I/O and no logging (the
+``kernels`` rule): ``server.objcache.FileObjectCache`` keeps the object code in files
+(``$INTELLILOG_CACHE_DIR``, else ``~/.cache/intellilog/compiled``), written atomically
+and checked by hash before use; a cache that cannot store only costs a compile per
+process, and the note says so.
 
 Bump :data:`GENERATOR_VERSION` whenever the generated code changes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import logging
-import os
 import struct
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from llvmlite import ir as llir
@@ -115,9 +110,9 @@ from kernels.forest import (
 )
 
 __all__ = [
-    "CACHE_ENV",
     "GENERATOR_VERSION",
     "CompiledForest",
+    "ObjectCache",
     "block_rows",
     "call_batch",
     "call_parallel",
@@ -125,22 +120,16 @@ __all__ = [
     "call_rows3",
     "compare_with_kernel",
     "compile_forest",
-    "default_cache_dir",
     "edge_rows",
     "generate_ir",
 ]
 
-log = logging.getLogger("intellilog.compiled")
-
 #: Version of the generated code: part of the cache key (bump on any change).
 GENERATOR_VERSION = 2
-#: Environment variable naming the object cache folder.
-CACHE_ENV = "INTELLILOG_CACHE_DIR"
 #: Code generator optimisation level.
 OPT_LEVEL = 3
 #: Normalised doubles one batch block may hold on the stack (128 kB).
 _SCRATCH_DOUBLES = 16384
-_MAGIC = b"intellilog compiled forest\n"
 
 _ZERO = float(np.float32(1e-35))  # LightGBM's kZeroThreshold (a float), as in kernels.forest
 _HUGE = 1e300  # LightGBM's AvoidInf bound
@@ -149,12 +138,6 @@ _NAN_BITS = "0x7FF8000000000000"
 
 _LOCK = threading.Lock()  # LLVM target set-up and JIT creation, one at a time
 _llvm_ready = False
-
-
-def default_cache_dir() -> Path:
-    """``$INTELLILOG_CACHE_DIR``, else ``~/.cache/intellilog/compiled``."""
-    raw = os.environ.get(CACHE_ENV, "").strip()
-    return Path(raw).expanduser() if raw else Path.home() / ".cache" / "intellilog" / "compiled"
 
 
 def block_rows(n_features: int) -> int:
@@ -643,38 +626,6 @@ def _target_machine() -> tuple[Any, str, str]:
     return tm, cpu, features
 
 
-def _read_cached(path: Path) -> bytes | None:
-    """The object bytes of a cache file, or None when missing, unreadable or damaged."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        log.warning("compiled-forest cache %s unreadable (%s): recompiling", path, exc)
-        return None
-    head = len(_MAGIC) + 32
-    if len(data) > head and data.startswith(_MAGIC):
-        obj = data[head:]
-        if hashlib.sha256(obj).digest() == data[len(_MAGIC) : head]:
-            return obj
-    log.warning("compiled-forest cache %s is damaged: recompiling", path)
-    return None
-
-
-def _write_cached(path: Path, obj: bytes) -> str | None:
-    """Write ``path`` atomically; None on success, else why not."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(_MAGIC + hashlib.sha256(obj).digest() + obj)
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        return f"{type(exc).__name__}: {exc}"
-    return None
-
-
 class CompiledForest:
     """A forest compiled to machine code (:func:`compile_forest`); owns the JIT engine
     (the code lives as long as this object).
@@ -742,15 +693,26 @@ class CompiledForest:
         return call_row(self.row_addr, X)
 
 
-def compile_forest(
-    forest: Any, cache_dir: Path | str | None = None, *, cache: bool = True
-) -> CompiledForest:
-    """Compile a ``training.export.Forest`` (or its ``args()`` tuple), or load its
-    object code from the cache (module docstring).
+class ObjectCache(Protocol):
+    """Where compiled object code is kept between processes (``server.objcache`` has the
+    file-backed one): ``get`` returns the bytes stored under ``key`` or None; ``put``
+    stores them and returns None, or a one-line reason it could not; ``where`` names
+    the place (for notes)."""
 
-    ``cache_dir`` None: :func:`default_cache_dir`. ``cache=False`` neither reads nor
-    writes the cache. The forest must be valid (``Forest.validate``): like the
-    :mod:`kernels.forest` kernels, the code does no bounds checks.
+    def get(self, key: str) -> bytes | None: ...
+
+    def put(self, key: str, obj: bytes) -> str | None: ...
+
+    def where(self, key: str) -> str: ...
+
+
+def compile_forest(forest: Any, cache: ObjectCache | None = None) -> CompiledForest:
+    """Compile a ``training.export.Forest`` (or its ``args()`` tuple), or load its
+    object code from ``cache`` under :func:`cache_key` (module docstring); ``cache``
+    None compiles in memory only.
+
+    The forest must be valid (``Forest.validate``): like the :mod:`kernels.forest`
+    kernels, the code does no bounds checks.
     """
     import llvmlite.binding as llvm
 
@@ -760,23 +722,15 @@ def compile_forest(
     block = block_rows(n_features)
     with _LOCK:
         tm, cpu, features = _target_machine()
-        path: Path | None = None
-        folder: Path | None = None
-        if cache:
-            try:
-                folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-            except RuntimeError as exc:  # no home folder to put the default under
-                log.warning("no compiled-forest cache folder (%s): compiling in memory", exc)
-        if folder is not None:
-            key = _cache_key(args, block, cpu, features)
-            path = folder / f"forest-{key[:40]}.o"
-            obj = _read_cached(path)
+        key = _cache_key(args, block, cpu, features)
+        if cache is not None:
+            obj = cache.get(key)
             if obj is not None:
                 engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), tm)
                 engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
                 engine.finalize_object()
                 dt = time.perf_counter() - t0
-                info = {"cached": True, "seconds": dt, "cache_path": str(path),
+                info = {"cached": True, "seconds": dt, "cache_path": cache.where(key),
                         "note": f"loaded from cache in {dt:.3f} s"}  # fmt: skip
                 return CompiledForest(engine, n_features, block, info)
 
@@ -789,21 +743,16 @@ def compile_forest(
         engine.finalize_object()
         dt = time.perf_counter() - t0
         note = f"compiled in {dt:.2f} s"
-        if path is not None:
-            why = _write_cached(path, objs[0]) if objs else "no object code produced"
+        path: str | None = None
+        if cache is not None:
+            why = cache.put(key, objs[0]) if objs else "no object code produced"
             if why is None:
                 note += " (cached)"
+                path = cache.where(key)
             else:
-                log.warning(
-                    "compiled-forest cache folder %s is not writable (%s): compiled in memory, "
-                    "every process will compile this forest again",
-                    path.parent,
-                    why,
-                )
-                note += " (in memory: cache folder not writable)"
-                path = None
-        info = {"cached": False, "seconds": dt, "cache_path": str(path) if path else None,
-                "note": note, "ir_bytes": len(ir)}  # fmt: skip
+                note += f" (in memory: {why})"
+        info = {"cached": False, "seconds": dt, "cache_path": path, "note": note,
+                "ir_bytes": len(ir)}  # fmt: skip
         return CompiledForest(engine, n_features, block, info)
 
 

@@ -578,9 +578,10 @@ class CompiledEngine:
     """The flattened forest of ``<name>.forest.npz`` compiled to machine code
     (:mod:`kernels.compiled`; bit-exact with LightGBM, like :class:`NumbaEngine`).
 
-    At load: compiles the forest, or loads its object code from ``cache_dir`` (None:
-    ``$INTELLILOG_CACHE_DIR`` or ``~/.cache/intellilog/compiled``; an unwritable folder
-    only costs the compile in every process), then checks the compiled code against
+    At load: compiles the forest, or loads its object code from ``cache_dir``
+    (:class:`server.objcache.FileObjectCache`; None: ``$INTELLILOG_CACHE_DIR`` or
+    ``~/.cache/intellilog/compiled``; an unwritable folder only costs the compile in
+    every process), then checks the compiled code against
     the :mod:`kernels.forest` kernels on :func:`kernels.compiled.edge_rows` (NaN, ±inf,
     zeros, ±1e-36, huge values, thresholds and their neighbours, seen, unseen, negative
     and huge categorical codes): any difference raises ModelLoadError (a code
@@ -613,8 +614,15 @@ class CompiledEngine:
         self.threads = max(1, min(int(threads), int(getattr(numba.config, "NUMBA_NUM_THREADS", 1))))
         self.parallel_from = max(1, int(parallel_from))
         args = self.forest.args()
+        from server.objcache import FileObjectCache
+
+        cache: FileObjectCache | None = None
         try:
-            self.compiled = _compiled.compile_forest(args, cache_dir)
+            cache = FileObjectCache(cache_dir)
+        except RuntimeError as exc:  # no home folder to put the default under
+            log.warning("no compiled-forest cache folder (%s): compiling in memory", exc)
+        try:
+            self.compiled = _compiled.compile_forest(args, cache)
         except Exception as exc:  # LLVM errors: not expected for a validated forest
             raise ModelLoadError(
                 f"compiled engine: {path} could not be compiled ({type(exc).__name__}: {exc}); "

@@ -35,6 +35,7 @@ from kernels.forest import (
     TRANSFORM_SIGMOID,
     TRANSFORM_SQUARE,
 )
+from server.objcache import FileObjectCache
 from tests.kernels.test_forest import MATRIX
 from tests.treedata import CAT, F
 from tests.treedata import make_data as _data
@@ -60,8 +61,8 @@ def models() -> dict[str, lgb.Booster]:
 
 
 @pytest.fixture(scope="session")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("compiled-cache")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> FileObjectCache:
+    return FileObjectCache(tmp_path_factory.mktemp("compiled-cache"))
 
 
 @pytest.fixture(scope="session")
@@ -70,7 +71,7 @@ def forests(models: dict[str, lgb.Booster]) -> dict[str, Forest]:
 
 
 @pytest.fixture(scope="session")
-def compiled(forests: dict[str, Forest], cache: Path) -> dict[str, CompiledForest]:
+def compiled(forests: dict[str, Forest], cache: FileObjectCache) -> dict[str, CompiledForest]:
     return {k: compile_forest(f, cache) for k, f in forests.items()}
 
 
@@ -143,7 +144,7 @@ def test_threshold_and_categorical_edges(
     _assert_exact(models["l2"].predict(X), compiled["l2"], X)
 
 
-def test_many_level_categorical_uses_multi_word_sets(cache: Path) -> None:
+def test_many_level_categorical_uses_multi_word_sets(cache: FileObjectCache) -> None:
     """300 levels: category sets of up to 10 words (a global bitset, not an immediate)."""
     rng = np.random.default_rng(0)
     n = 3000
@@ -172,7 +173,7 @@ def test_many_level_categorical_uses_multi_word_sets(cache: Path) -> None:
     _assert_exact(booster.predict(Xt), cf, Xt)
 
 
-def test_one_leaf_trees_and_empty_batch(cache: Path) -> None:
+def test_one_leaf_trees_and_empty_batch(cache: FileObjectCache) -> None:
     X, _ = _data(300)
     booster = _train(X, np.full(300, 7.5), rounds=3)
     f = flatten_booster(booster)
@@ -212,12 +213,13 @@ def test_compare_with_kernel_finds_a_wrong_forest(
 _CHILD = """
 import json, sys, time
 from kernels.compiled import compile_forest
+from server.objcache import FileObjectCache
 from training.export import Forest
 import numpy as np
 f = Forest.load(sys.argv[1])
 args = f.args()  # numba's feature_kinds (cached): not part of the compile
 t = time.perf_counter()
-cf = compile_forest(args, sys.argv[2])
+cf = compile_forest(args, FileObjectCache(sys.argv[2]))
 dt = time.perf_counter() - t
 X = np.load(sys.argv[3])
 out = np.empty(X.shape[0])
@@ -232,7 +234,7 @@ def test_cache_hit_in_a_fresh_process(
 ) -> None:
     cache = tmp_path / "cache"
     f = forests["l2"]
-    cold = compile_forest(f, cache)
+    cold = compile_forest(f, FileObjectCache(cache))
     assert not cold.info["cached"] and Path(cold.info["cache_path"]).is_file()
     f.save(tmp_path / "m.forest.npz")
     X = np.concatenate([_data(300, seed=2)[0], edge_rows(f)])
@@ -252,15 +254,15 @@ def test_cache_hit_in_a_fresh_process(
 def test_damaged_cache_file_is_recompiled(
     forests: dict[str, Forest], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    cf = compile_forest(forests["poisson"], tmp_path)
+    cf = compile_forest(forests["poisson"], FileObjectCache(tmp_path))
     path = Path(cf.info["cache_path"])
     data = path.read_bytes()
     path.write_bytes(data[:-100] + bytes(100))
-    with caplog.at_level(logging.WARNING, logger="intellilog.compiled"):
-        again = compile_forest(forests["poisson"], tmp_path)
+    with caplog.at_level(logging.WARNING, logger="intellilog.engines"):
+        again = compile_forest(forests["poisson"], FileObjectCache(tmp_path))
     assert not again.info["cached"] and "damaged" in caplog.text
     assert path.read_bytes() == data  # rewritten
-    assert compile_forest(forests["poisson"], tmp_path).info["cached"]
+    assert compile_forest(forests["poisson"], FileObjectCache(tmp_path)).info["cached"]
 
 
 def test_unwritable_cache_dir_compiles_in_memory(
@@ -271,8 +273,8 @@ def test_unwritable_cache_dir_compiles_in_memory(
 ) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    with caplog.at_level(logging.WARNING, logger="intellilog.compiled"):
-        cf = compile_forest(forests["rf"], blocker / "cache")
+    with caplog.at_level(logging.WARNING, logger="intellilog.engines"):
+        cf = compile_forest(forests["rf"], FileObjectCache(blocker / "cache"))
     assert "not writable" in caplog.text and "in memory" in cf.info["note"]
     assert cf.info["cache_path"] is None and not cf.info["cached"]
     X = _data(50, seed=4)[0]
@@ -283,5 +285,5 @@ def test_default_cache_dir_from_environment(
     forests: dict[str, Forest], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("INTELLILOG_CACHE_DIR", str(tmp_path / "env-cache"))
-    cf = compile_forest(forests["quantile"])
+    cf = compile_forest(forests["quantile"], FileObjectCache())
     assert Path(cf.info["cache_path"]).parent == tmp_path / "env-cache"
