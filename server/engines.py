@@ -522,6 +522,20 @@ def load_gpu_engines(
     return engines, f"hummingbird on torch CUDA ({torch.cuda.get_device_name(0)})"
 
 
+def _warm_paths(engine: Any) -> None:
+    """Run every path of a numba-backed engine once (one row, a batch, the parallel
+    batch when ``threads > 1``), so compiling or loading them happens now."""
+    X = np.zeros((2, engine.n_features), dtype=np.float32)
+    engine.predict(X[:1])
+    engine.predict(X)
+    if engine.threads > 1:
+        saved, engine.parallel_from = engine.parallel_from, 1
+        try:
+            engine.predict(X)
+        finally:
+            engine.parallel_from = saved
+
+
 class NumbaEngine:
     """The flattened forest on :mod:`kernels.forest` (bit-exact with LightGBM).
 
@@ -563,15 +577,7 @@ class NumbaEngine:
 
     def warmup(self) -> None:
         """Compile (or load from numba's cache) all three kernels."""
-        X = np.zeros((2, self.n_features), dtype=np.float32)
-        self.predict(X[:1])
-        self.predict(X)
-        if self.threads > 1:
-            saved, self.parallel_from = self.parallel_from, 1
-            try:
-                self.predict(X)
-            finally:
-                self.parallel_from = saved
+        _warm_paths(self)
 
 
 class CompiledEngine:
@@ -659,15 +665,7 @@ class CompiledEngine:
 
     def warmup(self) -> None:
         """Compile (or load from numba's cache) the numba wrappers of every path."""
-        X = np.zeros((2, self.n_features), dtype=np.float32)
-        self.predict(X[:1])
-        self.predict(X)
-        if self.threads > 1:
-            saved, self.parallel_from = self.parallel_from, 1
-            try:
-                self.predict(X)
-            finally:
-                self.parallel_from = saved
+        _warm_paths(self)
 
 
 def load_engine(
