@@ -56,6 +56,9 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from load import tree_cpu_seconds
+
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
@@ -182,22 +185,7 @@ class Server:
 
     def cpu_seconds(self) -> float:
         """utime + stime of the server's process tree (its own and its children's threads)."""
-        total, todo, seen = 0, [self.proc.pid], set()
-        while todo:
-            pid = todo.pop()
-            if pid in seen:
-                continue
-            seen.add(pid)
-            try:
-                stat = Path(f"/proc/{pid}/stat").read_text()
-                fields = stat[stat.rindex(")") + 2 :].split()
-                total += int(fields[11]) + int(fields[12])
-                for task in Path(f"/proc/{pid}/task").iterdir():
-                    kids = (task / "children").read_text().split()
-                    todo.extend(int(k) for k in kids)
-            except (OSError, ValueError):
-                continue
-        return total / CLK
+        return tree_cpu_seconds(self.proc.pid)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
