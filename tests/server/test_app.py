@@ -125,6 +125,41 @@ def test_predict_interval_holds_for_many_rows(client: Any) -> None:
         assert b["eta_p10"] <= b["eta_minutes"] <= b["eta_p90"], (row, b)
 
 
+@pytest.mark.parametrize(
+    ("content", "ctype"),
+    [
+        (json.dumps(ROW).encode(), "application/json"),
+        (json.dumps({**ROW, "pickup_lat": 91}).encode(), "application/json"),
+        (json.dumps({**ROW, "surprise": 1}).encode(), "application/json"),
+        (b"{not json", "application/json"),
+        (json.dumps(ROW).encode(), "text/plain"),
+        (b"[]", "application/json"),
+    ],
+)
+def test_fast_route_answers_exactly_as_the_litestar_route(
+    models: Any, content: bytes, ctype: str
+) -> None:
+    """POST /v1/predict is answered in front of Litestar (server.app._Edge); the same
+    request through Litestar's own route gets the same status, body and headers."""
+    from litestar.testing import TestClient
+
+    from server.app import create_app
+    from server.config import Settings
+
+    edge = create_app(Settings(model_artifact_path=str(models.registry), reload_interval_s=3600.0))
+    assert "/v1/predict" in edge.fast
+    headers = {"content-type": ctype, "x-request-id": "same-id"}
+    answers = []
+    for app in (edge, edge.app):  # the fast path, then Litestar's route
+        with TestClient(app, raise_server_exceptions=False) as c:
+            r = c.post("/v1/predict", content=content, headers=headers)
+        answers.append(
+            (r.status_code, r.json(), r.headers["content-type"], r.headers["x-request-id"])
+        )
+    assert answers[0] == answers[1]
+    assert answers[0][0] < 500
+
+
 def test_concurrent_predictions_are_micro_batched_with_unchanged_answers(
     client: Any, models: Any
 ) -> None:
