@@ -3,6 +3,8 @@ features with NaN in training (column 1), a categorical column (2) and integer c
 
 from __future__ import annotations
 
+import functools
+
 import lightgbm as lgb
 import numpy as np
 
@@ -37,3 +39,20 @@ def train_model(X: np.ndarray, y: np.ndarray, rounds: int = 30, **params: object
     base = {"num_leaves": 15, "min_data_in_leaf": 10, "verbose": -1, "num_threads": 1, "seed": 0}
     ds = lgb.Dataset(X, y, categorical_feature=[CAT], free_raw_data=False)
     return lgb.train({**base, **params}, ds, num_boost_round=rounds)
+
+
+@functools.cache
+def model_zoo() -> dict[str, lgb.Booster]:
+    """One model of every kind the forest kernels handle (trained once per session):
+    l2, quantile, zero-as-missing, poisson (exp), random forest (divisor), binary
+    (sigmoid with a slope), reg_sqrt (square)."""
+    X, y = make_data()
+    return {
+        "l2": train_model(X, y),
+        "quantile": train_model(X, y, objective="quantile", alpha=0.1),
+        "zero_missing": train_model(X, y, zero_as_missing=True),
+        "poisson": train_model(X, y / 10, objective="poisson", rounds=20),
+        "rf": train_model(X, y, boosting="rf", bagging_fraction=0.6, bagging_freq=1, rounds=10),
+        "binary": train_model(X, (y > np.median(y)).astype(float), objective="binary", sigmoid=0.7),
+        "sqrt": train_model(X, y, reg_sqrt=True, rounds=20),
+    }

@@ -37,7 +37,7 @@ from kernels.forest import (
 )
 from server.objcache import FileObjectCache
 from tests.kernels.test_forest import MATRIX
-from tests.treedata import CAT, F
+from tests.treedata import CAT, F, model_zoo
 from tests.treedata import make_data as _data
 from tests.treedata import train_model as _train
 from training.export import Forest, flatten_booster
@@ -48,16 +48,7 @@ NAMES = ["l2", "quantile", "zero_missing", "poisson", "rf", "binary", "sqrt"]
 
 @pytest.fixture(scope="session")
 def models() -> dict[str, lgb.Booster]:
-    X, y = _data()
-    return {
-        "l2": _train(X, y),
-        "quantile": _train(X, y, objective="quantile", alpha=0.1),
-        "zero_missing": _train(X, y, zero_as_missing=True),
-        "poisson": _train(X, y / 10, objective="poisson", rounds=20),
-        "rf": _train(X, y, boosting="rf", bagging_fraction=0.6, bagging_freq=1, rounds=10),
-        "binary": _train(X, (y > np.median(y)).astype(float), objective="binary", sigmoid=0.7),
-        "sqrt": _train(X, y, reg_sqrt=True, rounds=20),
-    }
+    return model_zoo()
 
 
 @pytest.fixture(scope="session")

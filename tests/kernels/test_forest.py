@@ -28,7 +28,7 @@ from kernels.forest import (
     predict_forests_row,
     stack_forests,
 )
-from tests.treedata import CAT, NAN_COL, F
+from tests.treedata import CAT, NAN_COL, F, model_zoo
 from tests.treedata import make_data as _data
 from tests.treedata import train_model as _train
 from training.export import Forest, flatten_booster
@@ -36,14 +36,8 @@ from training.export import Forest, flatten_booster
 
 @pytest.fixture(scope="session")
 def models() -> dict[str, lgb.Booster]:
-    X, y = _data()
-    return {
-        "l2": _train(X, y),
-        "quantile": _train(X, y, objective="quantile", alpha=0.1),
-        "zero_missing": _train(X, y, zero_as_missing=True),
-        "poisson": _train(X, y / 10, objective="poisson", rounds=20),
-        "rf": _train(X, y, boosting="rf", bagging_fraction=0.6, bagging_freq=1, rounds=10),
-    }
+    zoo = model_zoo()  # the kinds the forest tests were written for
+    return {k: zoo[k] for k in ("l2", "quantile", "zero_missing", "poisson", "rf")}
 
 
 @pytest.fixture(scope="session")
