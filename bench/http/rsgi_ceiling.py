@@ -27,6 +27,7 @@ import msgspec
 import numpy as np
 from msgspec import Meta
 
+from server.app import BatchItem, BatchResponse, Prediction  # the product's response shapes
 from server.config import load_settings
 from server.holder import warm_up
 from server.models import load_model
@@ -45,30 +46,6 @@ _Item = _spec.request_struct
 _KEY = _spec.key
 _VERSION = _model.version
 _MAX_BATCH = int(_settings.max_batch_size)
-
-
-class Prediction(msgspec.Struct):
-    order_id: str
-    eta_minutes: float
-    eta_p10: float
-    eta_p90: float
-    model_version: str
-    request_id: str
-
-
-class BatchItem(msgspec.Struct):
-    order_id: str
-    eta_minutes: float
-    eta_p10: float
-    eta_p90: float
-    model_version: str
-
-
-class BatchResponse(msgspec.Struct):
-    predictions: list[BatchItem]
-    count: int
-    model_version: str
-    request_id: str
 
 
 _BatchRequest = msgspec.defstruct(
