@@ -43,7 +43,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -57,7 +56,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from load import tree_cpu_seconds
+from load import free_port, tree_cpu_seconds
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -115,12 +114,6 @@ def write_bodies(work: Path) -> tuple[Path, Path]:
     one.write_text(json.dumps(rows[0]))
     batch.write_text(json.dumps({"deliveries": rows}))
     return one, batch
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # ---- servers ----------------------------------------------------------------------------------
