@@ -7,13 +7,15 @@ go through pytest-benchmark's ``benchmark`` fixture (its table is printed at the
 ratio is timed in the same test, right before and after. Absolute times are printed,
 never gated: only the ratios are.
 
-* engine one row: the served engine's (``compiled``) p50 / ``Booster.predict`` p50;
+* engine one row: the served engine's (``compiled``) p50 / ``Booster.predict`` p50, and
+  / the numba forest engine's p50 (same model, our own native fallback; this ratio moves
+  little between machines, while LightGBM's Python-side cost per call does: 32-96 us);
 * ``score`` overhead: end-to-end ``score_file`` time / engine-only time, same rows;
 * HTTP single row: the raw-RSGI ceiling's server CPU per request / ours (equal to the
   ratio of their request rates when the server's core is saturated, and unlike req/s
   independent of the speed of the pure-Python load generator CI has to use);
 * ``test_planted_slowdown_trips_the_gate``: an extra matrix copy plus the forest walked
-  seven times per call must fail the engine gate.
+  seven times per call must fail an engine gate.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
-from server.engines import CompiledEngine
+from server.engines import CompiledEngine, NumbaEngine
 from training.export import export_engines
 
 HERE = Path(__file__).resolve().parent
@@ -93,7 +95,7 @@ def row_ratio(
 @pytest.fixture(scope="module")
 def model(
     tmp_path_factory: pytest.TempPathFactory,
-) -> tuple[lgb.Booster, CompiledEngine, np.ndarray]:
+) -> tuple[lgb.Booster, CompiledEngine, np.ndarray, NumbaEngine]:
     rng = np.random.default_rng(0)
     n, f = 20_000, 19
     X = rng.normal(size=(n, f)).astype(np.float32)
@@ -105,27 +107,47 @@ def model(
     export_engines({"eta": booster}, X[:500], out)
     engine = CompiledEngine(out / "eta.forest.npz")
     engine.warmup()
-    return booster, engine, rng.normal(size=(3000, f)).astype(np.float32)
+    numba_engine = NumbaEngine(out / "eta.forest.npz")
+    numba_engine.warmup()
+    return booster, engine, rng.normal(size=(3000, f)).astype(np.float32), numba_engine
 
 
-def _engine_gate(benchmark: Any, ours: Callable[[np.ndarray], object], model: Any) -> float:
-    booster, _, X = model
+def _engine_gates(
+    benchmark: Any, ours: Callable[[np.ndarray], object], model: Any
+) -> dict[str, tuple[float, float]]:
+    """{gate: (ratio, budget)} of the two one-row engine gates for ``ours``."""
+    booster, _, X, numba_engine = model
     ratio, a, b = row_ratio(benchmark, ours, lambda r: booster.predict(r, num_threads=1), X)
-    print(f"one row: ours {a * 1e6:.1f} us, Booster.predict {b * 1e6:.1f} us, ratio {ratio:.2f}")
-    return ratio
+    # the numba reference, timed around a second pass of `ours` outside pytest-benchmark
+    ref = _calls(numba_engine.predict, X, 750)
+    again = _calls(ours, X[::-1], 1500)
+    ref += _calls(numba_engine.predict, X[::-1], 750)
+    vs_numba = float(np.median(again) / np.median(ref))
+    benchmark.extra_info.update(numba_p50_us=float(np.median(ref)) * 1e6, vs_numba=vs_numba)
+    print(
+        f"one row: ours {a * 1e6:.1f} us, Booster.predict {b * 1e6:.1f} us, ratio {ratio:.2f};"
+        f" ours {np.median(again) * 1e6:.1f} us, numba engine {np.median(ref) * 1e6:.1f} us,"
+        f" ratio {vs_numba:.2f}"
+    )
+    return {
+        "engine_one_row": (ratio, BUDGETS["engine_one_row"]["max_ratio"]),
+        "engine_vs_numba": (vs_numba, BUDGETS["engine_vs_numba"]["max_ratio"]),
+    }
 
 
 def test_engine_one_row_gate(benchmark: Any, model: Any) -> None:
     benchmark.group = "engine one row"
-    ratio = _engine_gate(benchmark, model[1].predict, model)
-    budget = BUDGETS["engine_one_row"]["max_ratio"]
-    assert ratio <= budget, f"one-row latency ratio {ratio:.2f} over budget {budget}"
+    gates = _engine_gates(benchmark, model[1].predict, model)
+    over = {k: v for k, v in gates.items() if v[0] > v[1]}
+    assert not over, f"one-row latency ratios over budget (ratio, budget): {over}"
 
 
 def test_planted_slowdown_trips_the_gate(benchmark: Any, model: Any) -> None:
     """A slip a refactor could make on the hot path (a float64 round trip of the matrix
     and the forest walked seven times per call, e.g. once per output by mistake) must
-    fail the gate: the gate catches slowdowns of about 2x and more."""
+    fail an engine gate, as it fails CI. Against the numba engine the gates catch
+    slowdowns of ~1.7x and more; against ``Booster.predict`` 2.3x on the dev machine but
+    ~6x on a CI runner where its per-call cost is 96 us, hence the second reference."""
     benchmark.group = "engine one row"
     engine = model[1]
 
@@ -135,9 +157,9 @@ def test_planted_slowdown_trips_the_gate(benchmark: Any, model: Any) -> None:
             engine.predict(copy)
         return engine.predict(copy)
 
-    ratio = _engine_gate(benchmark, slowed, model)
-    budget = BUDGETS["engine_one_row"]["max_ratio"]
-    assert ratio > budget, f"a planted ~7x slowdown stayed within budget (ratio {ratio:.2f})"
+    gates = _engine_gates(benchmark, slowed, model)
+    ratio, budget = gates["engine_vs_numba"]
+    assert ratio > budget, f"a planted ~7x slowdown stayed within budget (ratio, budget): {gates}"
 
 
 # ---- a served model: `score` and HTTP -------------------------------------------------------
