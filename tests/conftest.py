@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 #: The repository root (tests never write below it).
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,6 +36,12 @@ if sys.path[:1] != [str(ROOT)]:
 # processes and make a 60-round model take seconds instead of ~0.1 s. Must be set before
 # LightGBM / libgomp are loaded; an explicit setting in the environment wins.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# Property tests call numba kernels whose first call compiles (or loads the on-disk cache)
+# inside the first example; Hypothesis's default 200 ms deadline then fails a correct
+# test on a busy machine. Correctness is what these tests check; speed is gated in bench/.
+settings.register_profile("intellilog", deadline=None)
+settings.load_profile("intellilog")
 
 #: Settings that could leak in from a developer's shell and change CLI behaviour.
 CLI_ENV_VARS = (
