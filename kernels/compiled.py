@@ -13,41 +13,54 @@ Generated code
 
 LLVM IR text (:func:`generate_ir`), one module per forest:
 
-``tree{t}(ptr x) -> double`` (one ``noinline`` function per tree)
-    the leaf value the normalised float64 row ``x`` reaches: nested branches, one
-    basic block per node. Numerical node: ``fcmp ule x[f], thr`` when the node's
-    default direction is left, else ``fcmp ole`` (``u``: NaN compares true, so a NaN
-    takes the default branch in the same single compare; after normalisation only
-    ``KIND_NUMERIC_NAN`` / ``KIND_NUMERIC_ZERO`` features can be NaN). Categorical
-    node: left iff ``-1 < x < 32 * W`` (false for NaN, ±inf, ``<= -1`` and every
-    code past the ``W``-word bitset, so also for ``>= 2**31``), then bit ``int(x)``
-    (``fptosi``: truncation toward zero, as LightGBM's ``static_cast<int>``) of the
-    set: a 64-bit immediate for ``W <= 2``, else a constant ``[W x i32]`` global.
-    A node whose two children are leaves ends in ``select`` of the two leaf values
-    instead of a branch (:data:`FUSE_LEAF_PAIRS`, as lleaves does: no misprediction on
-    the last step; +5-9 % rows/s here). A one-leaf tree (negative root) returns its
-    constant.
+``chunk{c}(ptr x, double acc) -> double`` (one ``noinline`` function per
+:data:`CHUNK` consecutive trees)
+    ``acc`` plus the leaf value the normalised float64 row ``x`` reaches in each of the
+    chunk's trees, added one by one in tree order. The features the chunk uses are
+    loaded once at its entry and stay in registers (there are 32 with AVX-512) across
+    its trees; the trees' code follows one another inline, each ending in a join block
+    whose ``phi`` takes the leaf value. The decision of a node: numerical, ``fcmp ule
+    x[f], thr`` when the node's default direction is left, else ``fcmp ole`` (``u``:
+    NaN compares true, so a NaN takes the default branch in the same single compare;
+    after normalisation only ``KIND_NUMERIC_NAN`` / ``KIND_NUMERIC_ZERO`` features can
+    be NaN); categorical, left iff ``-1 < x < 32 * W`` (false for NaN, ±inf, ``<= -1``
+    and every code past the ``W``-word bitset, so also for ``>= 2**31``) and bit
+    ``int(x)`` (``fptosi``, truncation toward zero as LightGBM's ``static_cast<int>``,
+    clamped to 0 outside that range, where it would be poison) of the set: a 64-bit
+    immediate for ``W <= 2``, else a constant ``[W x i32]`` global; no branch either
+    way. A subtree of at most :data:`FLAT_HEIGHT` levels and :data:`FLAT_NODES`
+    decision nodes is computed without branches (every node's decision, then
+    ``select`` of the leaf values up to its root): the bottom of a tree is where
+    branches mispredict, and evaluating both sides costs less than a misprediction.
+    Above that, one basic block and one conditional branch per node; a leaf child
+    branches straight to the join. A one-leaf tree adds its constant.
 ``predict_row(ptr X) -> double``
     normalises row 0 of the float32 ``X`` into a stack buffer (each feature's
     ``KIND_*`` baked in: ``|v| <= 1e-35f`` -> 0, or NaN on ``KIND_NUMERIC_ZERO``;
     ``±inf`` clamped to ±1e300 as LightGBM's ``AvoidInf``; NaN -> 0 on
-    ``KIND_NUMERIC``, exactly ``kernels.forest._normalise``), calls ``tree0``,
-    ``tree1``, ... adding each leaf into a float64 accumulator in tree order (the
-    order of LightGBM's sum), then ``raw / divisor`` (left out when 1) and the
+    ``KIND_NUMERIC``, exactly ``kernels.forest._normalise``), calls ``chunk0``,
+    ``chunk1``, ... threading a float64 accumulator from 0.0 through them (tree order,
+    the order of LightGBM's sum), then ``raw / divisor`` (left out when 1) and the
     transform (identity, ``exp``, ``1 / (1 + exp(-param * raw))``, ``sign * raw**2``).
 ``predict(ptr X, i64 n, ptr out)``
     rows in blocks of :func:`block_rows` rows (256 up to 64 features; the block's
-    normalised rows live on the stack, at most 128 kB): normalise the block, then for
-    each chunk of :data:`CHUNK` trees, every row of the block runs the chunk's trees
-    back to back (independent walks the CPU overlaps; the chunk's code stays hot over
-    the block), each row still adding its trees in order; then divisor and transform
-    into ``out``. Chunks of 16 measured +30 % rows/s (100 x 31) and +9 % (500 x 63)
-    over one tree at a time across the block.
+    normalised rows live on the stack, at most 128 kB): normalise the block, then
+    ``chunk0`` for every row of the block, then ``chunk1`` ... (the rows' walks are
+    independent, so the CPU overlaps them; the chunk's code stays hot over the block),
+    each row's accumulator kept in a block array; then divisor and transform into
+    ``out``.
+
+Measured in one process, rows/s at 100k rows on one thread, 100 x 31 / 500 x 63 leaves
+(``bench/models.py``): one ``noinline`` function per tree with only leaf pairs as
+``select`` 822k / 232k; branch-free subtrees 1.23M / 291k; and the chunk functions with
+features in registers 1.43M / 300k (lleaves 1.11M / 327k on the same rows). Chunks of 8
+or 32 trees and flat limits 4/15 .. 7/24 measured the same or lower.
 
 The IR goes to the code generator at ``-O3`` for the host CPU and features with no IR
-pass pipeline: the trees are emitted already branch-minimal; in the prototype, running
-the IR passes (even on the two drivers only) cost 13-24 s more on 500 x 63-leaf trees
-(3-4x the compile) for at most ~8% faster code.
+pass pipeline: the code is emitted already in the shape wanted; in the prototype,
+running the IR passes (even on the two drivers only) cost 13-24 s more on 500 x 63-leaf
+trees (3-4x the compile) for at most ~8% faster code, and inlining every tree into its
+chunk with LLVM's inliner cost 10x the compile for no gain.
 
 Calls
 =====
@@ -128,7 +141,7 @@ __all__ = [
 ]
 
 #: Version of the generated code: part of the cache key (bump on any change).
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 #: Code generator optimisation level.
 OPT_LEVEL = 3
 #: Normalised doubles one batch block may hold on the stack (128 kB).
@@ -205,14 +218,17 @@ def _model(args: Sequence[Any]) -> _Model:
     )
 
 
-def _cache_key(args: Sequence[Any], block: int, cpu: str, features: str) -> str:
+def _cache_key(
+    args: Sequence[Any], block: int, cpu: str, features: str, flat: tuple[int, int]
+) -> str:
     """sha256 of what the object code depends on (no IR needed)."""
     import llvmlite
 
     nodes, cat_bounds, cat_bits, roots, leaf_value, divisor, transform, tparam, kinds = args
     h = hashlib.sha256()
     head = f"gen={GENERATOR_VERSION};llvmlite={llvmlite.__version__};opt={OPT_LEVEL};"
-    h.update(f"{head}block={block};cpu={cpu};features={features};".encode())
+    h.update(f"{head}block={block};chunk={CHUNK};flat={flat[0]},{flat[1]};".encode())
+    h.update(f"cpu={cpu};features={features};".encode())
     h.update(struct.pack("<ddq", float(divisor), float(tparam), int(transform)))
     # node fields one by one: the aligned record's padding bytes are not initialised
     for name, arr, dt in (
@@ -258,111 +274,161 @@ class _IR:
         self.lines.append(s)
 
 
-#: Trees per chunk of the batch loop: inside a block of rows, each row runs a chunk's
-#: trees back to back (their walks are independent, so they overlap), chunk after chunk.
-#: 0 = one tree at a time over the block's rows.
+#: Trees per chunk: one ``chunk{c}`` function holds the code of this many consecutive
+#: trees (the row's features loaded once, in registers across them); the batch loop runs
+#: a chunk for every row of a block, chunk after chunk, so the chunk's code stays hot.
 CHUNK = 16
 
-#: End a node with two leaf children in a ``select`` of the leaf values (no branch).
-FUSE_LEAF_PAIRS = True
+#: A subtree of at most this height and this many decision nodes is evaluated without
+#: branches: every node's compare, then ``select``s up to the subtree's root. Its lower
+#: levels are the least predictable branches; computing both sides there is cheaper than
+#: a misprediction (measured, 100 x 31 / 500 x 63: height 1 = leaf pairs only 822k /
+#: 232k rows/s; these limits 1.23M / 291k).
+FLAT_HEIGHT = 6
+FLAT_NODES = 15
 
 
-def _emit_tree(m: _Model, t: int, out: list[str], globals_: list[str]) -> None:
-    """``define internal fastcc double @tree{t}(ptr %x)``: the leaf value the
-    normalised row ``x`` reaches in tree ``t``."""
-    e = _IR()
-    e(f"define internal fastcc double @tree{t}(ptr noalias nocapture readonly %x) noinline {{")
-    e("entry:")
-    root = m.roots[t]
-    if root < 0:
-        e(f"  ret double {_d(m.leaf[~root])}")
-        e("}")
-        out.extend(e.lines)
-        return
-    e(f"  br label %n{root}")
-
-    def target(ref: int) -> str:
-        return f"%n{ref}" if ref >= 0 else f"%l{~ref}"
-
-    stack = [root]
+def _tree_shape(m: _Model, root: int) -> tuple[list[int], dict[int, int], dict[int, int]]:
+    """(the tree's decision nodes in pre-order, height and decision-node count of each)."""
+    order, stack = [], [root]
     while stack:
         k = stack.pop()
-        # a node whose two children are leaves ends in a select of the two leaf values
-        # instead of a branch (no misprediction on the last, least predictable step)
-        fuse = FUSE_LEAF_PAIRS and m.left[k] < 0 and m.right[k] < 0
+        order.append(k)
+        stack.extend(c for c in (m.right[k], m.left[k]) if c >= 0)
+    height: dict[int, int] = {}
+    size: dict[int, int] = {}
+    for k in reversed(order):  # children before parents
+        kids = [c for c in (m.left[k], m.right[k]) if c >= 0]
+        height[k] = 1 + max((height[c] for c in kids), default=0)
+        size[k] = 1 + sum(size[c] for c in kids)
+    return order, height, size
 
-        def bit_or_branch(cond: str, k: int = k, fuse: bool = fuse) -> None:
-            if fuse:
-                r = e.tmp()
-                lv, rv = _d(m.leaf[~m.left[k]]), _d(m.leaf[~m.right[k]])
-                e(f"  {r} = select i1 {cond}, double {lv}, double {rv}")
-                e(f"  ret double {r}")
-            else:
-                e(f"  br i1 {cond}, label {target(m.left[k])}, label {target(m.right[k])}")
 
-        e(f"n{k}:")
-        p, v = e.tmp(), e.tmp()
-        e(f"  {p} = getelementptr inbounds double, ptr %x, i64 {m.feat[k]}")
-        e(f"  {v} = load double, ptr {p}, align 8")
-        right = target(m.right[k])
-        if m.flags[k] & FLAG_CATEGORICAL:
-            words = m.cat_sets[int(m.thr[k])]
-            W = len(words)
-            if W == 0:  # empty set: everything goes right
-                e(f"  ret double {_d(m.leaf[~m.right[k]])}" if fuse else f"  br label {right}")
-            else:
-                a, b, c, inb = e.tmp(), e.tmp(), e.tmp(), e.lab()
-                e(f"  {a} = fcmp ogt double {v}, {_d(-1.0)}")
-                e(f"  {b} = fcmp olt double {v}, {_d(min(32.0 * W, _INT_LIMIT))}")
-                e(f"  {c} = and i1 {a}, {b}")
-                if fuse and m.right[k] < 0:  # its leaf is emitted here, not after the node
-                    out_lab = e.lab()
-                    e(f"  br i1 {c}, label %{inb}, label %{out_lab}")
-                    e(f"{out_lab}:")
-                    e(f"  ret double {_d(m.leaf[~m.right[k]])}")
-                else:
-                    e(f"  br i1 {c}, label %{inb}, label {right}")
-                e(f"{inb}:")
-                ci, sh, bit = e.tmp(), e.tmp(), e.tmp()
-                e(f"  {ci} = fptosi double {v} to i64")
-                if W <= 2:
-                    mask = words[0] | ((words[1] << 32) if W == 2 else 0)
-                    if mask >= 1 << 63:  # as a signed i64 literal
-                        mask -= 1 << 64
-                    e(f"  {sh} = lshr i64 {mask}, {ci}")
-                    e(f"  {bit} = trunc i64 {sh} to i1")
-                else:
-                    g = f"@cat{t}_{k}"
-                    globals_.append(
-                        f"{g} = internal unnamed_addr constant [{W} x i32] ["
-                        + ", ".join(f"i32 {w if w < 1 << 31 else w - (1 << 32)}" for w in words)
-                        + "], align 4"
-                    )
-                    wi, wp, w, lo, s5 = (e.tmp() for _ in range(5))
-                    e(f"  {wi} = lshr i64 {ci}, 5")
-                    e(f"  {wp} = getelementptr inbounds [{W} x i32], ptr {g}, i64 0, i64 {wi}")
-                    e(f"  {w} = load i32, ptr {wp}, align 4")
-                    e(f"  {lo} = and i64 {ci}, 31")
-                    e(f"  {s5} = trunc i64 {lo} to i32")
-                    e(f"  {sh} = lshr i32 {w}, {s5}")
-                    e(f"  {bit} = trunc i32 {sh} to i1")
-                bit_or_branch(bit)
-        else:
+def _emit_chunk(
+    m: _Model,
+    c: int,
+    trees: Sequence[int],
+    out: list[str],
+    globals_: list[str],
+    flat: tuple[int, int],
+) -> None:
+    """``define internal fastcc double @chunk{c}(ptr %x, double %acc)``: ``acc`` plus the
+    leaf values the normalised row ``x`` reaches in ``trees``, added one by one in order."""
+    e = _IR()
+    used: set[int] = set()
+    cur = ["entry"]  # the basic block being emitted
+
+    def label(name: str) -> None:
+        e(f"{name}:")
+        cur[0] = name
+
+    def cond(k: int) -> str:
+        """An i1 that is true when row ``x`` goes left at node ``k`` (no branch)."""
+        f = m.feat[k]
+        used.add(f)
+        v = f"%f{f}"
+        if not m.flags[k] & FLAG_CATEGORICAL:
             # ule: NaN compares true (goes left, the default); ole: NaN goes right
             op = "ule" if m.flags[k] & FLAG_DEFAULT_LEFT else "ole"
-            c = e.tmp()
-            e(f"  {c} = fcmp {op} double {v}, {_d(m.thr[k])}")
-            bit_or_branch(c)
-        if fuse:
+            r = e.tmp()
+            e(f"  {r} = fcmp {op} double {v}, {_d(m.thr[k])}")
+            return r
+        words = m.cat_sets[int(m.thr[k])]
+        W = len(words)
+        if W == 0:  # empty set: everything goes right
+            return "false"
+        # left iff -1 < v < 32 W (false for NaN and inf) and bit int(v) of the set; the
+        # code is clamped to 0 outside that range (fptosi is poison there)
+        a, b, inr, ci, cs, sh, bit, r = (e.tmp() for _ in range(8))
+        e(f"  {a} = fcmp ogt double {v}, {_d(-1.0)}")
+        e(f"  {b} = fcmp olt double {v}, {_d(min(32.0 * W, _INT_LIMIT))}")
+        e(f"  {inr} = and i1 {a}, {b}")
+        e(f"  {ci} = fptosi double {v} to i64")
+        e(f"  {cs} = select i1 {inr}, i64 {ci}, i64 0")
+        if W <= 2:
+            mask = words[0] | ((words[1] << 32) if W == 2 else 0)
+            if mask >= 1 << 63:  # as a signed i64 literal
+                mask -= 1 << 64
+            e(f"  {sh} = lshr i64 {mask}, {cs}")
+            e(f"  {bit} = trunc i64 {sh} to i1")
+        else:
+            g = f"@cat{k}"
+            globals_.append(
+                f"{g} = internal unnamed_addr constant [{W} x i32] ["
+                + ", ".join(f"i32 {w if w < 1 << 31 else w - (1 << 32)}" for w in words)
+                + "], align 4"
+            )
+            wi, wp, w, lo, s5 = (e.tmp() for _ in range(5))
+            e(f"  {wi} = lshr i64 {cs}, 5")
+            e(f"  {wp} = getelementptr inbounds [{W} x i32], ptr {g}, i64 0, i64 {wi}")
+            e(f"  {w} = load i32, ptr {wp}, align 4")
+            e(f"  {lo} = and i64 {cs}, 31")
+            e(f"  {s5} = trunc i64 {lo} to i32")
+            e(f"  {sh} = lshr i32 {w}, {s5}")
+            e(f"  {bit} = trunc i32 {sh} to i1")
+        e(f"  {r} = and i1 {inr}, {bit}")
+        return r
+
+    def value(k: int) -> str:
+        """The leaf value of the flat subtree at ``k`` (or leaf ``~k``), without branches."""
+        if k < 0:
+            return _d(m.leaf[~k])
+        c_, lv, rv, r = cond(k), value(m.left[k]), value(m.right[k]), e.tmp()
+        e(f"  {r} = select i1 {c_}, double {lv}, double {rv}")
+        return r
+
+    acc = "%acc"
+    for t in trees:
+        root = m.roots[t]
+        if root < 0:  # a one-leaf tree
+            a2 = e.tmp()
+            e(f"  {a2} = fadd double {acc}, {_d(m.leaf[~root])}")
+            acc = a2
             continue
-        for ref in (m.right[k], m.left[k]):
-            if ref >= 0:
-                stack.append(ref)
-            else:
-                e(f"l{~ref}:")
-                e(f"  ret double {_d(m.leaf[~ref])}")
-    e("}")
+        order, height, size = _tree_shape(m, root)
+        flat_nodes = {k for k in order if height[k] <= flat[0] and size[k] <= flat[1]}
+
+        if root in flat_nodes:
+            val = value(root)
+        else:
+            join = f"d{t}"
+            incoming: list[tuple[str, str]] = []
+            e(f"  br label %n{root}")
+            for k in order:  # the branching part; a flat child right after its parent
+                if k not in flat_nodes:
+                    label(f"n{k}")
+                    c_ = cond(k)
+                    tgt = []
+                    for ch in (m.left[k], m.right[k]):
+                        if ch < 0:  # a leaf: straight to the join
+                            incoming.append((_d(m.leaf[~ch]), cur[0]))
+                            tgt.append(f"%{join}")
+                        else:
+                            tgt.append(f"%n{ch}")
+                    e(f"  br i1 {c_}, label {tgt[0]}, label {tgt[1]}")
+                    for ch in (m.left[k], m.right[k]):
+                        if ch in flat_nodes:
+                            label(f"n{ch}")
+                            incoming.append((value(ch), cur[0]))
+                            e(f"  br label %{join}")
+            label(join)
+            val = e.tmp()
+            e(f"  {val} = phi double " + ", ".join(f"[{v}, %{b}]" for v, b in incoming))
+        a2 = e.tmp()
+        e(f"  {a2} = fadd double {acc}, {val}")
+        acc = a2
+    e(f"  ret double {acc}")
+
+    out.append(
+        f"define internal fastcc double @chunk{c}(ptr noalias nocapture readonly %x, "
+        "double %acc) noinline {"
+    )
+    out.append("entry:")
+    for f in sorted(used):
+        out.append(f"  %p{f} = getelementptr inbounds double, ptr %x, i64 {f}")
+        out.append(f"  %f{f} = load double, ptr %p{f}, align 8")
     out.extend(e.lines)
+    out.append("}")
 
 
 def _emit_normalise(m: _Model, e: _IR, src: str, dst: str) -> None:
@@ -424,16 +490,22 @@ def _emit_finish(m: _Model, e: _IR, raw: str) -> str:
     return r
 
 
-def generate_ir(forest: Any, block: int | None = None) -> str:
+def generate_ir(
+    forest: Any, block: int | None = None, flat: tuple[int, int] = (FLAT_HEIGHT, FLAT_NODES)
+) -> str:
     """LLVM IR of ``predict(ptr X, i64 n, ptr out)`` and ``predict_row(ptr X) -> double``
-    for a ``Forest`` (or its ``args()`` tuple); ``block`` defaults to :func:`block_rows`."""
+    for a ``Forest`` (or its ``args()`` tuple); ``block`` defaults to :func:`block_rows`;
+    ``flat``: the (height, decision nodes) limits of branch-free subtrees, each >= 1."""
     m = _model(_args(forest))
     F, T = m.n_features, len(m.roots)
     B = block_rows(F) if block is None else int(block)
-    trees: list[str] = []
+    if min(flat) < 1:
+        raise ValueError(f"flat limits must be >= 1, got {flat}")
+    code: list[str] = []
     globals_: list[str] = []
-    for t in range(T):
-        _emit_tree(m, t, trees, globals_)
+    chunks = [list(range(a, min(T, a + CHUNK))) for a in range(0, T, CHUNK)]
+    for ci, chunk in enumerate(chunks):
+        _emit_chunk(m, ci, chunk, code, globals_, flat)
 
     # ---- one row
     e = _IR(start=10**7)
@@ -442,10 +514,9 @@ def generate_ir(forest: Any, block: int | None = None) -> str:
     e(f"  %xn = alloca [{F} x double], align 16")
     _emit_normalise(m, e, "%X", "%xn")
     acc = _d(0.0)
-    for t in range(T):
-        lv, a2 = e.tmp(), e.tmp()
-        e(f"  {lv} = call fastcc double @tree{t}(ptr %xn)")
-        e(f"  {a2} = fadd double {acc}, {lv}")
+    for ci in range(len(chunks)):
+        a2 = e.tmp()
+        e(f"  {a2} = call fastcc double @chunk{ci}(ptr %xn, double {acc})")
         acc = a2
     e(f"  ret double {_emit_finish(m, e, acc)}")
     e("}")
@@ -481,24 +552,17 @@ def generate_ir(forest: Any, block: int | None = None) -> str:
     e("  %c0 = icmp slt i64 %j0n, %m")
     e("  br i1 %c0, label %norm, label %ch0")
     prev = "norm"
-    size = CHUNK or 1
-    chunks = [list(range(a, min(T, a + size))) for a in range(0, T, size)]
-    for ci, chunk in enumerate(chunks):
+    for ci in range(len(chunks)):
         lab, nxt = f"ch{ci}", (f"ch{ci + 1}" if ci + 1 < len(chunks) else "fin")
-        j, jn, off, px, pa, a, c = (e.tmp() for _ in range(7))
+        j, jn, off, px, pa, a, a2, c = (e.tmp() for _ in range(8))
         e(f"{lab}:")
         e(f"  {j} = phi i64 [0, %{prev}], [{jn}, %{lab}]")
         e(f"  {off} = mul i64 {j}, {F}")
         e(f"  {px} = getelementptr inbounds double, ptr %xn, i64 {off}")
         e(f"  {pa} = getelementptr inbounds double, ptr %acc, i64 {j}")
         e(f"  {a} = load double, ptr {pa}, align 8")
-        acc = a
-        for t in chunk:
-            lv, a2 = e.tmp(), e.tmp()
-            e(f"  {lv} = call fastcc double @tree{t}(ptr {px})")
-            e(f"  {a2} = fadd double {acc}, {lv}")
-            acc = a2
-        e(f"  store double {acc}, ptr {pa}, align 8")
+        e(f"  {a2} = call fastcc double @chunk{ci}(ptr {px}, double {a})")
+        e(f"  store double {a2}, ptr {pa}, align 8")
         e(f"  {jn} = add i64 {j}, 1")
         e(f"  {c} = icmp slt i64 {jn}, %m")
         e(f"  br i1 {c}, label %{lab}, label %{nxt}")
@@ -522,7 +586,7 @@ def generate_ir(forest: Any, block: int | None = None) -> str:
     e("}")
 
     head = ["declare double @llvm.fabs.f64(double)", "declare double @llvm.exp.f64(double)"]
-    return "\n".join(head + globals_ + trees + e.lines) + "\n"
+    return "\n".join(head + globals_ + code + e.lines) + "\n"
 
 
 # ------------------------------------------------------------------------ numba callers
@@ -720,10 +784,14 @@ class ObjectCache(Protocol):
     def where(self, key: str) -> str: ...
 
 
-def compile_forest(forest: Any, cache: ObjectCache | None = None) -> CompiledForest:
+def compile_forest(
+    forest: Any,
+    cache: ObjectCache | None = None,
+    flat: tuple[int, int] = (FLAT_HEIGHT, FLAT_NODES),
+) -> CompiledForest:
     """Compile a ``training.export.Forest`` (or its ``args()`` tuple), or load its
     object code from ``cache`` under :func:`cache_key` (module docstring); ``cache``
-    None compiles in memory only.
+    None compiles in memory only; ``flat``: as for :func:`generate_ir`.
 
     The forest must be valid (``Forest.validate``): like the :mod:`kernels.forest`
     kernels, the code does no bounds checks.
@@ -736,7 +804,7 @@ def compile_forest(forest: Any, cache: ObjectCache | None = None) -> CompiledFor
     block = block_rows(n_features)
     with _LOCK:
         tm, cpu, features = _target_machine()
-        key = _cache_key(args, block, cpu, features)
+        key = _cache_key(args, block, cpu, features, flat)
         if cache is not None:
             obj = cache.get(key)
             if obj is not None:
@@ -748,7 +816,7 @@ def compile_forest(forest: Any, cache: ObjectCache | None = None) -> CompiledFor
                         "note": f"loaded from cache in {dt:.3f} s"}  # fmt: skip
                 return CompiledForest(engine, n_features, block, info)
 
-        ir = generate_ir(args, block)
+        ir = generate_ir(args, block, flat)
         mod = llvm.parse_assembly(ir)
         mod.verify()
         objs: list[bytes] = []

@@ -103,6 +103,23 @@ def test_holdout_and_edge_rows_exact(
     _assert_exact(models[name].predict(X), compiled[name], X)
 
 
+@pytest.mark.parametrize("flat", [(1, 1), (2, 3), (64, 10**6)], ids=["branches", "mixed", "flat"])
+def test_branch_free_subtree_limits_do_not_change_results(
+    models: dict[str, lgb.Booster], forests: dict[str, Forest], flat: tuple[int, int]
+) -> None:
+    """Every tree branching down to its leaf pairs, half and half, or fully branch-free:
+    the same bits on every path (the default limits mix both within most trees)."""
+    X, _ = _data(300, seed=6)
+    for name in NAMES:
+        Xe = np.concatenate([X, edge_rows(forests[name], 64, seed=2)])
+        _assert_exact(models[name].predict(Xe), compile_forest(forests[name], None, flat), Xe)
+
+
+def test_flat_limits_are_checked(forests: dict[str, Forest]) -> None:
+    with pytest.raises(ValueError, match="flat limits"):
+        generate_ir(forests["l2"], flat=(0, 15))
+
+
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(X=MATRIX, which=st.sampled_from(NAMES))
 def test_hypothesis_parity_exact(
@@ -162,6 +179,7 @@ def test_many_level_categorical_uses_multi_word_sets(cache: FileObjectCache) -> 
     Xt[:, 2] = np.roll(codes, 7)
     Xt = np.concatenate([Xt, X[:500], edge_rows(f, 64)])
     _assert_exact(booster.predict(Xt), cf, Xt)
+    _assert_exact(booster.predict(Xt), compile_forest(f, None, (1, 1)), Xt)  # branching
 
 
 def test_one_leaf_trees_and_empty_batch(cache: FileObjectCache) -> None:
