@@ -15,7 +15,7 @@ import resource
 import sys
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -94,8 +94,8 @@ class _Writer:
 
     def write(self, table: pa.Table) -> None:
         if self._w is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
                 if self.fmt == "parquet":
                     self._w = pq.ParquetWriter(self.path, table.schema)
                 else:
@@ -176,8 +176,10 @@ def score_file(
     rows_in = scored = rejected = 0
     last_key: str | None = None
     first_row = 0
-    # prefetch the next batch (arrow I/O and conversion release the GIL) while predicting
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    # prefetch the next batch and write the last one (arrow I/O, conversion and Parquet
+    # encoding release the GIL) while predicting; one write in flight at a time
+    writing: Future[None] | None = None
+    with ThreadPoolExecutor(max_workers=1) as pool, ThreadPoolExecutor(max_workers=1) as wpool:
         it = converted()
         fut = pool.submit(next, it, None)
         try:
@@ -206,7 +208,9 @@ def score_file(
                     cols["eta_p10"] = pa.array(p10, pa.float64())
                     cols["eta_p90"] = pa.array(p90, pa.float64())
                     cols["model_version"] = pa.array([model.version] * len(idx), pa.string())
-                    out.write(pa.table(cols))
+                    if writing is not None:
+                        writing.result()
+                    writing = wpool.submit(out.write, pa.table(cols))
                 if len(conv.reject_rows):
                     r = conv.reject_rows
                     rcols: dict[str, Any] = {"row": pa.array(r + first_row, pa.int64())}
@@ -221,8 +225,13 @@ def score_file(
                 first_row += n
                 if bar is not None:
                     bar.update(n)
+            if writing is not None:
+                writing.result()
         finally:
             fut.cancel()
+            if writing is not None and not writing.done():  # an error elsewhere: let it end
+                with contextlib.suppress(Exception):
+                    writing.result()
             out.close()
             rej.close()
             if bar is not None:

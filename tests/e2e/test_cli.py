@@ -509,6 +509,20 @@ def test_score_refuses_to_overwrite_its_input(
     assert train_data.read_bytes() == before
 
 
+def test_score_into_an_unwritable_place_is_one_line_error(
+    cli: Cli, trained: TrainedModel, new_orders: pa.Table, tmp_path: Path
+) -> None:
+    """The output is written on a thread while the next batch is predicted: a failure
+    there still ends the command with one line naming the path."""
+    src = tmp_path / "orders.parquet"
+    pq.write_table(new_orders, src, row_group_size=100)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    res = cli("score", src, "--out", blocker / "etas.parquet", "--registry", trained.registry,
+              "--batch-rows", "64", "--quiet")  # fmt: skip
+    assert_one_line_error(res, "cannot write", str(blocker / "etas.parquet"))
+
+
 def test_score_without_a_model(cli: Cli, tmp_path: Path, train_data: Path) -> None:
     res = cli("score", train_data, "--out", tmp_path / "o.csv", "--registry", tmp_path / "empty")
     assert_one_line_error(res, "no model", "intellilog train")
