@@ -7,6 +7,12 @@ reported and ignored (the forest is compiled again), never handed to the JIT lin
 The folder is ``$INTELLILOG_CACHE_DIR``, else ``~/.cache/intellilog/compiled``. When it
 cannot be created or written, :meth:`FileObjectCache.put` logs one warning and says
 why: the forest is then compiled in memory, in every process.
+
+The folder is kept under ``$INTELLILOG_CACHE_MAX_MB`` (default 256; 0: no limit): a hit
+refreshes its file's modification time, and after each store the least recently used
+files go until the rest fit (never the one just stored). A forest's object code is
+0.4-2 MB here (100-500 trees of 31-63 leaves), so the default holds a few hundred; an
+evicted forest is compiled again on its next load.
 """
 
 from __future__ import annotations
@@ -18,12 +24,17 @@ import os
 import threading
 from pathlib import Path
 
-__all__ = ["CACHE_ENV", "FileObjectCache", "default_cache_dir"]
+from kernels.errors import ConfigError
+
+__all__ = ["CACHE_ENV", "CACHE_MAX_ENV", "FileObjectCache", "default_cache_dir"]
 
 log = logging.getLogger("intellilog.engines")
 
 #: Environment variable naming the cache folder.
 CACHE_ENV = "INTELLILOG_CACHE_DIR"
+#: Environment variable with the folder's size limit in MB (0: none).
+CACHE_MAX_ENV = "INTELLILOG_CACHE_MAX_MB"
+DEFAULT_MAX_MB = 256
 _MAGIC = b"intellilog compiled forest\n"
 
 
@@ -33,11 +44,26 @@ def default_cache_dir() -> Path:
     return Path(raw).expanduser() if raw else Path.home() / ".cache" / "intellilog" / "compiled"
 
 
-class FileObjectCache:
-    """Object code in files under ``folder`` (None: :func:`default_cache_dir`)."""
+def _max_bytes() -> int:
+    raw = os.environ.get(CACHE_MAX_ENV, "").strip()
+    try:
+        mb = float(raw) if raw else DEFAULT_MAX_MB
+    except ValueError:
+        raise ConfigError(
+            f"{CACHE_MAX_ENV}={raw!r}: expected a number of MB (0: no limit)"
+        ) from None
+    if not mb >= 0:
+        raise ConfigError(f"{CACHE_MAX_ENV}={raw!r}: must be >= 0 (0: no limit)")
+    return int(mb * 1024 * 1024)
 
-    def __init__(self, folder: str | Path | None = None) -> None:
+
+class FileObjectCache:
+    """Object code in files under ``folder`` (None: :func:`default_cache_dir`), at most
+    ``max_bytes`` of it (None: ``$INTELLILOG_CACHE_MAX_MB``, default 256 MB; 0: no limit)."""
+
+    def __init__(self, folder: str | Path | None = None, max_bytes: int | None = None) -> None:
         self.folder = Path(folder) if folder is not None else default_cache_dir()
+        self.max_bytes = _max_bytes() if max_bytes is None else int(max_bytes)
 
     def path(self, key: str) -> Path:
         return self.folder / f"forest-{key[:40]}.o"
@@ -59,6 +85,8 @@ class FileObjectCache:
         if len(data) > head and data.startswith(_MAGIC):
             obj = data[head:]
             if hashlib.sha256(obj).digest() == data[len(_MAGIC) : head]:
+                with contextlib.suppress(OSError):  # recently used: kept longest
+                    os.utime(path)
                 return obj
         log.warning("compiled-forest cache %s is damaged: recompiling", path)
         return None
@@ -82,4 +110,25 @@ class FileObjectCache:
                 exc,
             )
             return why
+        self._trim(keep=path)
         return None
+
+    def _trim(self, keep: Path) -> None:
+        """Remove the least recently used files until the folder fits ``max_bytes``."""
+        if self.max_bytes <= 0:
+            return
+        files = []
+        for f in self.folder.glob("forest-*.o"):
+            with contextlib.suppress(OSError):  # another process may remove it meanwhile
+                st = f.stat()
+                files.append((st.st_mtime, st.st_size, f))
+        total = sum(size for _, size, _ in files)
+        for _, size, f in sorted(files, key=lambda t: t[0]):
+            if total <= self.max_bytes:
+                break
+            if f == keep:
+                continue
+            with contextlib.suppress(OSError):
+                f.unlink()
+                total -= size
+                log.info("compiled-forest cache: removed %s (least recently used)", f.name)

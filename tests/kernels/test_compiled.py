@@ -296,3 +296,36 @@ def test_default_cache_dir_from_environment(
     monkeypatch.setenv("INTELLILOG_CACHE_DIR", str(tmp_path / "env-cache"))
     cf = compile_forest(forests["quantile"], FileObjectCache())
     assert Path(cf.info["cache_path"]).parent == tmp_path / "env-cache"
+
+
+def test_cache_keeps_under_its_size_limit_dropping_the_least_recently_used(
+    forests: dict[str, Forest], tmp_path: Path
+) -> None:
+    import os
+
+    folder = tmp_path / "small-cache"
+    first = compile_forest(forests["l2"], FileObjectCache(folder, max_bytes=0))
+    one = Path(first.info["cache_path"]).stat().st_size
+    # room for about two forests of this size
+    cache = FileObjectCache(folder, max_bytes=int(one * 2.5))
+    a = Path(first.info["cache_path"])
+    os.utime(a, (1, 1))  # long unused...
+    b = Path(compile_forest(forests["quantile"], cache).info["cache_path"])
+    os.utime(b, (2, 2))
+    assert compile_forest(forests["l2"], cache).info["cached"]  # ...until this hit
+    c = Path(compile_forest(forests["binary"], cache).info["cache_path"])
+    assert a.exists() and c.exists() and not b.exists()  # b: least recently used
+    assert compile_forest(forests["quantile"], cache).info["cached"] is False
+
+
+def test_cache_size_limit_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kernels.errors import ConfigError
+
+    monkeypatch.setenv("INTELLILOG_CACHE_MAX_MB", "1.5")
+    assert FileObjectCache(tmp_path).max_bytes == int(1.5 * 1024 * 1024)
+    monkeypatch.setenv("INTELLILOG_CACHE_MAX_MB", "0")
+    assert FileObjectCache(tmp_path).max_bytes == 0
+    for bad in ("lots", "-1", "nan"):
+        monkeypatch.setenv("INTELLILOG_CACHE_MAX_MB", bad)
+        with pytest.raises(ConfigError, match="INTELLILOG_CACHE_MAX_MB"):
+            FileObjectCache(tmp_path)
