@@ -147,7 +147,7 @@ __all__ = [
 ]
 
 #: Version of the generated code: part of the cache key (bump on any change).
-GENERATOR_VERSION = 5
+GENERATOR_VERSION = 6
 #: Code generator optimisation level.
 OPT_LEVEL = 3
 #: Normalised doubles one batch block may hold on the stack (128 kB).
@@ -318,24 +318,20 @@ def _emit_chunk(
     globals_: list[str],
     flat: tuple[int, int],
 ) -> None:
-    """``define internal fastcc double @chunk{c}(ptr %x, double %acc)``: ``acc`` plus the
-    leaf values the normalised row ``x`` reaches in ``trees``, added one by one in order."""
+    """``define internal fastcc double @chunk{c}(ptr %x, double %acc, ptr %k)``: ``acc``
+    plus the leaf values the normalised row ``x`` reaches in ``trees``, added one by one in
+    order; ``k`` is the chunk's constant table ``@k{c}``."""
     e = _IR()
     used: set[int] = set()
-    cur = ["entry"]  # the basic block being emitted
-    consts: dict[float, int] = {}
+    consts: dict[str, int] = {}  # by exact literal: -0.0 and 0.0 stay apart
 
     def const(x: float) -> str:
         """``x`` loaded from the chunk's constant table ``%k`` (module docstring)."""
-        i = consts.setdefault(x, len(consts))
+        i = consts.setdefault(_d(x), len(consts))
         p, r = e.tmp(), e.tmp()
         e(f"  {p} = getelementptr inbounds double, ptr %k, i64 {i}")
         e(f"  {r} = load double, ptr {p}, align 8")
         return r
-
-    def label(name: str) -> None:
-        e(f"{name}:")
-        cur[0] = name
 
     def cond(k: int) -> str:
         """An i1 that is true when row ``x`` goes left at node ``k`` (no branch)."""
@@ -410,23 +406,24 @@ def _emit_chunk(
             incoming: list[tuple[str, str]] = []
             e(f"  br label %n{root}")
             for k in order:  # the branching part; a flat child right after its parent
-                if k not in flat_nodes:
-                    label(f"n{k}")
-                    c_ = cond(k)
-                    tgt = []
-                    for ch in (m.left[k], m.right[k]):
-                        if ch < 0:  # a leaf: straight to the join
-                            incoming.append((_d(m.leaf[~ch]), cur[0]))
-                            tgt.append(f"%{join}")
-                        else:
-                            tgt.append(f"%n{ch}")
-                    e(f"  br i1 {c_}, label {tgt[0]}, label {tgt[1]}")
-                    for ch in (m.left[k], m.right[k]):
-                        if ch in flat_nodes:
-                            label(f"n{ch}")
-                            incoming.append((value(ch), cur[0]))
-                            e(f"  br label %{join}")
-            label(join)
+                if k in flat_nodes:
+                    continue
+                e(f"n{k}:")  # one block per branching node
+                c_ = cond(k)
+                tgt = []
+                for ch in (m.left[k], m.right[k]):
+                    if ch < 0:  # a leaf: straight to the join
+                        incoming.append((_d(m.leaf[~ch]), f"n{k}"))
+                        tgt.append(f"%{join}")
+                    else:
+                        tgt.append(f"%n{ch}")
+                e(f"  br i1 {c_}, label {tgt[0]}, label {tgt[1]}")
+                for ch in (m.left[k], m.right[k]):
+                    if ch in flat_nodes:  # one block: its selects, then to the join
+                        e(f"n{ch}:")
+                        incoming.append((value(ch), f"n{ch}"))
+                        e(f"  br label %{join}")
+            e(f"{join}:")
             val = e.tmp()
             e(f"  {val} = phi double " + ", ".join(f"[{v}, %{b}]" for v, b in incoming))
         a2 = e.tmp()
@@ -434,10 +431,10 @@ def _emit_chunk(
         acc = a2
     e(f"  ret double {acc}")
 
-    table = list(consts) or [0.0]
+    table = list(consts) or [_d(0.0)]
     globals_.append(
         f"@k{c} = internal unnamed_addr constant [{len(table)} x double] ["
-        + ", ".join(f"double {_d(x)}" for x in table)
+        + ", ".join(f"double {x}" for x in table)
         + "], align 8"
     )
     out.append(
