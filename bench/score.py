@@ -62,7 +62,7 @@ import pyarrow.parquet as pq
 
 from kernels.errors import ModelLoadError
 from kernels.spec import FeatureSpec, load_spec
-from server.models import LoadedModel, load_model
+from server.models import LoadedModel, load_model, served_check
 from server.score import score_file
 from training.io import iter_batches, read_table, to_columns
 from training.job import train_job
@@ -97,7 +97,9 @@ def ensure_model(
     data = work / f"train_{train_rows}.parquet"
     make_file(data, train_rows, seed=0)
     settings = TrainSettings() if max_rounds is None else TrainSettings(max_rounds=max_rounds)
-    res = train_job(data, spec, reg, settings, promote=True, out=sys.stderr)
+    res = train_job(
+        data, spec, reg, settings, promote=True, out=sys.stderr, served_check=served_check(reg)
+    )
     assert res.version is not None
     return reg, res.version, res.seconds
 

@@ -16,14 +16,13 @@ from numba import njit, prange
 
 from kernels.errors import SpecError
 from kernels.geo import bearing, deltas_km, haversine_km
-from kernels.spec import GEO_FEATURES, TIME_FEATURES, FeatureSpec
-from kernels.timefeat import local_time_features, to_utc_offset, zone_table
+from kernels.spec import TIME_FEATURE_COLUMNS, FeatureSpec
+from kernels.timefeat import day_of_year_features, local_time_features, to_utc_offset, zone_table
 
 __all__ = ["UNKNOWN", "Columns", "Pipeline", "build_features"]
 
 #: The level every unseen categorical value maps to.
 UNKNOWN = "unknown"
-_N_FIXED = len(GEO_FEATURES) + len(TIME_FEATURES)
 
 
 @dataclass(slots=True)
@@ -31,7 +30,8 @@ class Columns:
     """One batch of raw inputs as typed arrays (the kernel's input contract).
 
     ``cats`` holds categorical codes (``0..L-1`` known levels, ``L`` = unknown);
-    ``nums`` holds numeric values, NaN where an optional one is absent.
+    ``nums`` holds numeric values, NaN where an optional one is absent. ``offset`` is
+    the spec's zone offset at each instant (the clock rule, :mod:`kernels.spec`).
     """
 
     pickup_lat: np.ndarray  # float64 [n]
@@ -61,6 +61,10 @@ def _row(
     offset: np.ndarray,
     cats: np.ndarray,
     nums: np.ndarray,
+    th: bool,
+    td: bool,
+    tw: bool,
+    ty: bool,
     out: np.ndarray,
 ) -> None:
     a, b, c, d = plat[i], plon[i], dlat[i], dlon[i]
@@ -76,18 +80,35 @@ def _row(
     out[i, 7] = north
     out[i, 8] = east
     hs, hc, ds, dc, we = local_time_features(utc[i], offset[i])
-    out[i, 9] = hs
-    out[i, 10] = hc
-    out[i, 11] = ds
-    out[i, 12] = dc
-    out[i, 13] = we
-    j = 14
+    j = 9
+    if th:
+        out[i, j] = hs
+        out[i, j + 1] = hc
+        j += 2
+    if td:
+        out[i, j] = ds
+        out[i, j + 1] = dc
+        j += 2
+    if tw:
+        out[i, j] = we
+        j += 1
+    if ty:  # filled by _day_of_year (a second pass keeps this loop lean)
+        j += 2
     for k in range(cats.shape[1]):
         out[i, j] = cats[i, k]
         j += 1
     for k in range(nums.shape[1]):
         out[i, j] = nums[i, k]
         j += 1
+
+
+@njit(cache=True)
+def _day_of_year(utc: np.ndarray, offset: np.ndarray, j: int, out: np.ndarray) -> None:
+    """Columns ``j, j+1``: (sin, cos) of the local day of the year (kernels.timefeat)."""
+    for i in range(utc.shape[0]):
+        ys, yc = day_of_year_features(utc[i], offset[i])
+        out[i, j] = ys
+        out[i, j + 1] = yc
 
 
 @njit(cache=True)
@@ -100,17 +121,21 @@ def build_features(
     offset: np.ndarray,
     cats: np.ndarray,
     nums: np.ndarray,
+    tflags: np.ndarray,
     out: np.ndarray,
 ) -> None:
-    """Fill ``out[n, 14 + C + K]`` (float32) with the features of every row.
+    """Fill ``out[n, 9 + T + C + K]`` (float32) with the features of every row.
 
     Columns: the four coordinates, great-circle distance (km), bearing (sin, cos),
-    north/east deltas (km), local hour (sin, cos), day of week (sin, cos), weekend,
-    categorical codes, numerics (NaN when absent). Formulas: see kernels.geo and
-    kernels.timefeat.
+    north/east deltas (km), the chosen time features (``tflags``: local hour (sin, cos),
+    day of week (sin, cos), weekend, day of year (sin, cos)), categorical codes, numerics
+    (NaN when absent). Formulas: see kernels.geo and kernels.timefeat.
     """
+    th, td, tw, ty = tflags[0], tflags[1], tflags[2], tflags[3]
     for i in range(plat.shape[0]):
-        _row(i, plat, plon, dlat, dlon, utc, offset, cats, nums, out)
+        _row(i, plat, plon, dlat, dlon, utc, offset, cats, nums, th, td, tw, ty, out)
+    if ty:
+        _day_of_year(utc, offset, 9 + 2 * th + 2 * td + tw, out)
 
 
 @njit(cache=True, parallel=True)
@@ -123,11 +148,15 @@ def build_features_parallel(
     offset: np.ndarray,
     cats: np.ndarray,
     nums: np.ndarray,
+    tflags: np.ndarray,
     out: np.ndarray,
 ) -> None:
     """:func:`build_features` with rows spread over threads (large batches)."""
+    th, td, tw, ty = tflags[0], tflags[1], tflags[2], tflags[3]
     for i in prange(plat.shape[0]):
-        _row(i, plat, plon, dlat, dlon, utc, offset, cats, nums, out)
+        _row(i, plat, plon, dlat, dlon, utc, offset, cats, nums, th, td, tw, ty, out)
+    if ty:
+        _day_of_year(utc, offset, 9 + 2 * th + 2 * td + tw, out)
 
 
 _PARALLEL_FROM = 50_000
@@ -156,7 +185,9 @@ class Pipeline:
             name: {v: i for i, v in enumerate(levels_)} for name, levels_ in lv.items()
         }
         self.zone_starts, self.zone_offsets = zone_table(spec.timezone)
-        self.n_features = _N_FIXED + len(spec.categorical) + len(spec.numeric)
+        self.n_features = len(spec.feature_names)
+        self.tflags = np.array([f in spec.time_features for f in TIME_FEATURE_COLUMNS], np.bool_)
+        self._lower = spec.categorical_case == "lower"
         # single-row scratch buffers, reused (callers serialise per pipeline)
         self._r_f = np.empty(4, dtype=np.float64)
         self._r_t = np.empty(1, dtype=np.int64)
@@ -177,7 +208,10 @@ class Pipeline:
         uniq, inv = np.unique(arr.astype(str), return_inverse=True)
         table = self.codes[name]
         unk = len(table)
-        mapped = np.fromiter((table.get(u, unk) for u in uniq), dtype=np.int32, count=len(uniq))
+        norm = self.spec.normalize_level
+        mapped = np.fromiter(
+            (table.get(norm(u), unk) for u in uniq), dtype=np.int32, count=len(uniq)
+        )
         return mapped[inv.reshape(-1)]
 
     def matrix(self, cols: Columns, out: np.ndarray | None = None) -> np.ndarray:
@@ -195,6 +229,7 @@ class Pipeline:
             cols.offset,
             cols.cats,
             cols.nums,
+            self.tflags,
             out,
         )
         return out
@@ -221,10 +256,11 @@ class Pipeline:
         for i, it in enumerate(items):
             utc[i], off[i] = to_utc_offset(getattr(it, spec.event_time), st, of)
         cats = np.empty((n, len(spec.categorical)), dtype=np.int32)
+        norm = spec.normalize_level
         for k, c in enumerate(spec.categorical):
             table = self.codes[c.name]
             unk = len(table)
-            cats[:, k] = [table.get(getattr(it, c.name), unk) for it in items]
+            cats[:, k] = [table.get(norm(getattr(it, c.name)), unk) for it in items]
         nums = np.empty((n, len(spec.numeric)), dtype=np.float64)
         for k, nm in enumerate(spec.numeric):
             nums[:, k] = [np.nan if (v := getattr(it, nm.name)) is None else v for it in items]
@@ -253,12 +289,23 @@ class Pipeline:
         u, o = to_utc_offset(getattr(item, spec.event_time), self.zone_starts, self.zone_offsets)
         self._r_t[0] = u
         self._r_o[0] = o
+        norm = spec.normalize_level
         for k, c in enumerate(spec.categorical):
-            self._r_c[0, k] = self.codes[c.name].get(getattr(item, c.name), len(self.codes[c.name]))
+            table = self.codes[c.name]
+            self._r_c[0, k] = table.get(norm(getattr(item, c.name)), len(table))
         for k, nm in enumerate(spec.numeric):
             v = getattr(item, nm.name)
             self._r_n[0, k] = np.nan if v is None else v
         build_features(
-            f[0:1], f[1:2], f[2:3], f[3:4], self._r_t, self._r_o, self._r_c, self._r_n, out
+            f[0:1],
+            f[1:2],
+            f[2:3],
+            f[3:4],
+            self._r_t,
+            self._r_o,
+            self._r_c,
+            self._r_n,
+            self.tflags,
+            out,
         )
         return out

@@ -7,9 +7,16 @@ the spec hash stored in every model artifact.
 A spec is a TOML file (see ``deliveries.toml`` beside this module)::
 
     name = "deliveries"
-    target = "actual_minutes"
     event_time = "created_at"
-    timezone = "UTC"
+    timezone = "Europe/Berlin"         # the clock of every time feature (see below)
+    time_features = ["hour", "day_of_week", "weekend"]
+    [target]
+    name = "actual_minutes"            # `target = "actual_minutes"` alone takes the defaults
+    unit = "minutes"
+    min = 1
+    max = 1440
+    max_speed_kmh = 150
+    tolerance = 5                      # accuracy = share of |error| <= tolerance
     [pickup]
     lat = "pickup_lat"
     lon = "pickup_lon"
@@ -22,6 +29,15 @@ A spec is a TOML file (see ``deliveries.toml`` beside this module)::
     [numeric]
     items_count = { min = 1, max = 500 }
     prep_minutes = { min = 0, max = 240, optional = true }
+
+Column order is part of the contract: the categorical and numeric columns enter the
+feature matrix in the order the spec lists them, :meth:`FeatureSpec.to_dict` keeps
+that order (lists, not objects) and the spec hash depends on it.
+
+The clock rule: every event time is an instant; the time features are read off the
+wall clock of the spec's ``timezone`` at that instant, whatever offset the input was
+written with (``+01:00``, ``Z``, epoch seconds, a zone-aware timestamp). Only a time
+written without any offset is read as wall-clock time of ``timezone``.
 """
 
 from __future__ import annotations
@@ -46,9 +62,11 @@ from kernels.errors import SpecError
 __all__ = [
     "GEO_FEATURES",
     "TIME_FEATURES",
+    "TIME_FEATURE_COLUMNS",
     "Categorical",
     "FeatureSpec",
     "Numeric",
+    "Target",
     "default_spec",
     "load_spec",
     "parse_spec",
@@ -67,14 +85,19 @@ GEO_FEATURES: tuple[str, ...] = (
     "dlat_km",
     "dlon_km",
 )
-#: Features computed from the event time (local time of day / day of week).
-TIME_FEATURES: tuple[str, ...] = (
-    "hour_sin",
-    "hour_cos",
-    "dow_sin",
-    "dow_cos",
-    "weekend",
-)
+#: Time features a spec may choose (``time_features``), each with its matrix columns.
+TIME_FEATURE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "hour": ("hour_sin", "hour_cos"),
+    "day_of_week": ("dow_sin", "dow_cos"),
+    "weekend": ("weekend",),
+    "day_of_year": ("doy_sin", "doy_cos"),
+}
+#: The default choice (and the order of the columns whatever the choice).
+DEFAULT_TIME_FEATURES: tuple[str, ...] = ("hour", "day_of_week", "weekend")
+#: Every column name a time feature may take (reserved: a spec column may not use them).
+TIME_FEATURES: tuple[str, ...] = tuple(c for cols in TIME_FEATURE_COLUMNS.values() for c in cols)
+#: Target units and their length in minutes (speeds and the served ``eta_minutes``).
+UNITS: dict[str, float] = {"seconds": 1.0 / 60.0, "minutes": 1.0, "hours": 60.0}
 
 #: Epoch bounds accepted for event times (1970-01-01 .. 2100-01-01).
 EPOCH_MIN = 0
@@ -102,16 +125,37 @@ class _CategoricalDecl(msgspec.Struct, forbid_unknown_fields=True):
     unknown: str = "map"  # "map": unseen levels become 'unknown'; "reject": refuse them
 
 
+class _NamedNumeric(_NumericDecl, forbid_unknown_fields=True, kw_only=True):
+    name: str
+
+
+class _NamedCategorical(_CategoricalDecl, forbid_unknown_fields=True, kw_only=True):
+    name: str
+
+
+class _TargetDecl(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    unit: str = "minutes"
+    min: float = 1.0
+    max: float = 1440.0
+    max_speed_kmh: float | None = 150.0
+    tolerance: float = 5.0
+    huber_delta: float | None = None
+
+
 class _SpecDecl(msgspec.Struct, forbid_unknown_fields=True):
     name: str
-    target: str
+    target: str | _TargetDecl
     event_time: str
     pickup: _Point
     dropoff: _Point
     timezone: str = "UTC"
     key: str = "order_id"
-    categorical: dict[str, list[str] | _CategoricalDecl] = {}
-    numeric: dict[str, _NumericDecl] = {}
+    time_features: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_TIME_FEATURES))
+    categorical_case: str = "keep"
+    # TOML tables keep the file's order; manifests store ordered lists
+    categorical: dict[str, list[str] | _CategoricalDecl] | list[_NamedCategorical] = {}
+    numeric: dict[str, _NumericDecl] | list[_NamedNumeric] = {}
 
 
 # ---- the resolved spec -----------------------------------------------------------------------
@@ -141,6 +185,39 @@ class Numeric:
 
 
 @dataclass(frozen=True, slots=True)
+class Target:
+    """The target's domain: unit, plausible range, speed limit and the accuracy tolerance.
+
+    Rows outside ``(0, max]`` are refused; rows under ``min`` or implying a speed over
+    ``max_speed_kmh`` (great-circle distance / duration) count as impossible in the data
+    quality score. ``tolerance`` (target unit) defines accuracy; ``huber_delta`` (default
+    2 × tolerance) is the Huber loss's transition point.
+    """
+
+    name: str
+    unit: str = "minutes"
+    min: float = 1.0
+    max: float = 1440.0
+    max_speed_kmh: float | None = 150.0
+    tolerance: float = 5.0
+    huber_delta: float | None = None
+
+    @property
+    def minutes(self) -> float:
+        """Length of one target unit in minutes."""
+        return UNITS[self.unit]
+
+    @property
+    def hours(self) -> float:
+        """Length of one target unit in hours."""
+        return UNITS[self.unit] / 60.0
+
+    @property
+    def delta(self) -> float:
+        return self.huber_delta if self.huber_delta is not None else 2.0 * self.tolerance
+
+
+@dataclass(frozen=True, slots=True)
 class FeatureSpec:
     name: str
     target: str
@@ -153,7 +230,30 @@ class FeatureSpec:
     key: str = "order_id"
     categorical: tuple[Categorical, ...] = ()
     numeric: tuple[Numeric, ...] = ()
+    domain: Target | None = None  # None: the delivery defaults for column ``target``
+    time_features: tuple[str, ...] = DEFAULT_TIME_FEATURES
+    categorical_case: str = "keep"  # "keep" | "lower": applied after trimming, everywhere
     _struct: Any = field(default=None, compare=False, repr=False)
+
+    @property
+    def goal(self) -> Target:
+        """The target with its domain (defaults when the spec gave only its name)."""
+        return self.domain if self.domain is not None else Target(self.target)
+
+    @property
+    def time_columns(self) -> tuple[str, ...]:
+        """Matrix columns of the chosen time features, in matrix order."""
+        return tuple(
+            c
+            for f in TIME_FEATURE_COLUMNS
+            if f in self.time_features
+            for c in TIME_FEATURE_COLUMNS[f]
+        )
+
+    def normalize_level(self, value: str) -> str:
+        """The one normalisation of a categorical value: trimmed, then case per the spec."""
+        v = value.strip()
+        return v.lower() if self.categorical_case == "lower" else v
 
     # -- derived names --------------------------------------------------------------------
     @property
@@ -180,41 +280,57 @@ class FeatureSpec:
         """Column names of the feature matrix, in order."""
         return (
             *GEO_FEATURES,
-            *TIME_FEATURES,
+            *self.time_columns,
             *(c.name for c in self.categorical),
             *(n.name for n in self.numeric),
         )
 
     @property
     def categorical_feature_indices(self) -> tuple[int, ...]:
-        base = len(GEO_FEATURES) + len(TIME_FEATURES)
+        base = len(GEO_FEATURES) + len(self.time_columns)
         return tuple(range(base, base + len(self.categorical)))
 
     # -- identity -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """The spec as JSON-ready data; column tables are ordered lists (order is meaning)."""
+        g = self.goal
         return {
             "name": self.name,
             "key": self.key,
-            "target": self.target,
+            "target": {
+                "name": g.name,
+                "unit": g.unit,
+                "min": g.min,
+                "max": g.max,
+                "max_speed_kmh": g.max_speed_kmh,
+                "tolerance": g.tolerance,
+                "huber_delta": g.huber_delta,
+            },
             "event_time": self.event_time,
             "timezone": self.timezone,
+            "time_features": list(self.time_features),
+            "categorical_case": self.categorical_case,
             "pickup": {"lat": self.pickup_lat, "lon": self.pickup_lon},
             "dropoff": {"lat": self.dropoff_lat, "lon": self.dropoff_lon},
-            "categorical": {
-                c.name: {
+            "categorical": [
+                {
+                    "name": c.name,
                     "levels": list(c.levels),
                     "unknown": "reject" if c.reject_unknown else "map",
                 }
                 for c in self.categorical
-            },
-            "numeric": {
-                n.name: {"min": n.min, "max": n.max, "optional": n.optional} for n in self.numeric
-            },
+            ],
+            "numeric": [
+                {"name": n.name, "min": n.min, "max": n.max, "optional": n.optional}
+                for n in self.numeric
+            ],
         }
 
     @property
     def hash(self) -> str:
-        """sha256 over the canonical JSON of the spec (first 16 hex digits)."""
+        """sha256 over the canonical JSON of the spec (first 16 hex digits).
+
+        Keys are sorted, lists are not: reordering columns changes the hash."""
         blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -238,7 +354,8 @@ def _build_struct(spec: FeatureSpec) -> type[msgspec.Struct]:
     lat = Annotated[float, Meta(ge=-90.0, le=90.0)]
     lon = Annotated[float, Meta(ge=-180.0, le=180.0)]
     epoch = Annotated[int, Meta(ge=EPOCH_MIN, le=EPOCH_MAX)]
-    level = Annotated[str, Meta(min_length=1, max_length=_MAX_LEVEL_LEN)]
+    # at least one non-space character: values are trimmed (normalize_level), blank is missing
+    level = Annotated[str, Meta(min_length=1, max_length=_MAX_LEVEL_LEN, pattern=r"\S")]
     fields: list[tuple[str, Any] | tuple[str, Any, Any]] = [
         (spec.key, Annotated[str, Meta(min_length=1, max_length=128)]),
         (spec.pickup_lat, lat),
@@ -283,10 +400,16 @@ def spec_from_dict(data: dict[str, Any], source: str = "<manifest>") -> FeatureS
 
 
 def load_spec(path: str | Path | None = None) -> FeatureSpec:
-    """Load a spec file, or the default delivery spec when ``path`` is None."""
+    """Load a spec file, or the default delivery spec when ``path`` is None.
+
+    A bare name of a spec bundled with the product (``deliveries``, ``trips``) loads it."""
     if path is None:
         return default_spec()
     p = Path(path)
+    if not p.exists() and p.name == str(path) and not p.suffix:
+        bundled = resources.files("kernels").joinpath(f"{p.name}.toml")
+        if bundled.is_file():
+            return parse_spec(bundled.read_text(encoding="utf-8"), f"kernels/{p.name}.toml")
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
@@ -297,6 +420,30 @@ def load_spec(path: str | Path | None = None) -> FeatureSpec:
 def default_spec() -> FeatureSpec:
     text = resources.files("kernels").joinpath("deliveries.toml").read_text(encoding="utf-8")
     return parse_spec(text, "kernels/deliveries.toml")
+
+
+def _target(t: str | _TargetDecl, bad: Any) -> Target:
+    if isinstance(t, str):
+        return Target(t)
+    if t.unit not in UNITS:
+        raise bad("target.unit", f"unknown unit {t.unit!r} (use {', '.join(UNITS)})")
+    if not (math.isfinite(t.min) and math.isfinite(t.max) and 0 <= t.min < t.max):
+        raise bad("target", f"needs finite 0 <= min < max, got min={t.min}, max={t.max}")
+    if t.max_speed_kmh is not None and not (math.isfinite(t.max_speed_kmh) and t.max_speed_kmh > 0):
+        raise bad("target.max_speed_kmh", f"must be > 0 km/h, got {t.max_speed_kmh}")
+    if not (math.isfinite(t.tolerance) and t.tolerance > 0):
+        raise bad("target.tolerance", f"must be > 0, got {t.tolerance}")
+    if t.huber_delta is not None and not (math.isfinite(t.huber_delta) and t.huber_delta > 0):
+        raise bad("target.huber_delta", f"must be > 0, got {t.huber_delta}")
+    return Target(
+        t.name,
+        t.unit,
+        float(t.min),
+        float(t.max),
+        None if t.max_speed_kmh is None else float(t.max_speed_kmh),
+        float(t.tolerance),
+        None if t.huber_delta is None else float(t.huber_delta),
+    )
 
 
 def _resolve(d: _SpecDecl, source: str) -> FeatureSpec:
@@ -310,13 +457,37 @@ def _resolve(d: _SpecDecl, source: str) -> FeatureSpec:
             "timezone",
             f"unknown time zone {d.timezone!r} (use an IANA name such as 'Europe/Berlin')",
         ) from None
+    if d.categorical_case not in ("keep", "lower"):
+        raise bad("categorical_case", "must be 'keep' or 'lower'")
+    unknown_tf = [f for f in d.time_features if f not in TIME_FEATURE_COLUMNS]
+    if unknown_tf or len(set(d.time_features)) != len(d.time_features):
+        raise bad(
+            "time_features",
+            f"unknown or repeated time feature(s) {unknown_tf or d.time_features} "
+            f"(choose from {', '.join(TIME_FEATURE_COLUMNS)})",
+        )
+    time_features = tuple(f for f in TIME_FEATURE_COLUMNS if f in d.time_features)
+    goal = _target(d.target, bad)
+    cat_items = (
+        [(c.name, _CategoricalDecl(c.levels, c.unknown)) for c in d.categorical]
+        if isinstance(d.categorical, list)
+        else list(d.categorical.items())
+    )
+    num_items = (
+        [(n.name, _NumericDecl(n.min, n.max, n.optional)) for n in d.numeric]
+        if isinstance(d.numeric, list)
+        else list(d.numeric.items())
+    )
     cats: list[Categorical] = []
-    for name, decl in d.categorical.items():
+    for name, decl in cat_items:
         if isinstance(decl, list):
             decl = _CategoricalDecl(levels=decl)
         if decl.unknown not in ("map", "reject"):
             raise bad(f"categorical.{name}.unknown", "must be 'map' or 'reject'")
-        levels = tuple(decl.levels)
+        levels = tuple(
+            lv.strip().lower() if d.categorical_case == "lower" else lv.strip()
+            for lv in decl.levels
+        )
         if len(set(levels)) != len(levels):
             raise bad(f"categorical.{name}", "levels must be unique")
         if any(not lv or len(lv) > _MAX_LEVEL_LEN for lv in levels):
@@ -325,14 +496,14 @@ def _resolve(d: _SpecDecl, source: str) -> FeatureSpec:
             raise bad(f"categorical.{name}.unknown", "'reject' needs declared levels")
         cats.append(Categorical(name, levels, decl.unknown == "reject"))
     nums: list[Numeric] = []
-    for name, n in d.numeric.items():
+    for name, n in num_items:
         if not (math.isfinite(n.min) and math.isfinite(n.max)) or n.min > n.max:
             raise bad(f"numeric.{name}", f"needs finite min <= max, got min={n.min}, max={n.max}")
         nums.append(Numeric(name, float(n.min), float(n.max), n.optional))
     spec = FeatureSpec(
         name=d.name,
         key=d.key,
-        target=d.target,
+        target=goal.name,
         event_time=d.event_time,
         timezone=d.timezone,
         pickup_lat=d.pickup.lat,
@@ -341,7 +512,13 @@ def _resolve(d: _SpecDecl, source: str) -> FeatureSpec:
         dropoff_lon=d.dropoff.lon,
         categorical=tuple(cats),
         numeric=tuple(nums),
+        domain=goal,
+        time_features=time_features,
+        categorical_case=d.categorical_case,
     )
+    names = [c.name for c in cats] + [n.name for n in nums]
+    if len(set(names)) != len(names):
+        raise SpecError(f"{source}: a column is listed twice in [categorical]/[numeric]")
     cols = [spec.key, spec.target, *spec.input_columns]
     for col in cols:
         if not _NAME.match(col):

@@ -1,10 +1,11 @@
 """Time kernels: ISO 8601 parsing, time-zone offsets, local time-of-day features.
 
 Times travel as two columns: ``utc`` (int64 epoch seconds) and ``offset``
-(int32 seconds east of UTC of the wall clock the event happened on). An
-ISO string with an offset carries its own; a naive string or an epoch number
-takes the offset of the spec's time zone at that instant, looked up in a
-transition table (:func:`zone_table`) so DST is exact inside numba.
+(int32 seconds east of UTC of the spec's time zone at that instant). The clock
+rule: an offset written in the input (``+01:00``, ``Z``) only fixes the instant;
+the local time every feature reads is always the spec zone's, looked up in a
+transition table (:func:`zone_table`) so DST is exact inside numba. A time
+without an offset is wall-clock time in the spec's zone.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from numba import njit
 __all__ = [
     "NO_OFFSET",
     "civil_from_days",
+    "day_of_year_features",
     "days_from_civil",
     "fill_zone_offsets",
     "local_time_features",
@@ -244,19 +246,20 @@ def parse_iso_strings(values: list[str] | np.ndarray) -> tuple[np.ndarray, np.nd
 def resolve_offsets(
     wall: np.ndarray, offset: np.ndarray, starts: np.ndarray, offsets: np.ndarray
 ) -> None:
-    """In place: turn (wall clock, offset|NO_OFFSET) into (utc, offset).
+    """In place: turn (wall clock, written offset|NO_OFFSET) into (utc, zone offset).
 
     Rows with an offset: utc = wall − offset. Rows without: the wall clock is in the
     zone; utc = wall − o where o is the zone's offset at (wall − o₀), o₀ the offset at
-    wall itself (exact except inside the hour a DST change skips or repeats).
+    wall itself (exact except inside the hour a DST change skips or repeats). Either
+    way ``offset`` ends as the zone's offset at utc (the clock rule).
     """
     for i in range(wall.shape[0]):
         o = offset[i]
         if o == NO_OFFSET:
             o0 = offset_at(wall[i], starts, offsets)
             o = offset_at(wall[i] - o0, starts, offsets)
-            offset[i] = o
         wall[i] -= o
+        offset[i] = offset_at(wall[i], starts, offsets)
 
 
 @njit(cache=True)
@@ -286,19 +289,30 @@ def local_time_features(utc: int, offset: int) -> tuple[float, float, float, flo
     return math.sin(a), math.cos(a), math.sin(b), math.cos(b), 1.0 if dow >= 5 else 0.0
 
 
+@njit(cache=True, inline="always")
+def day_of_year_features(utc: int, offset: int) -> tuple[float, float]:
+    """(sin, cos) of the local day of the year: a = 2π (doy + sod / 86400) / 365.25,
+    doy = days since 1 January of the local date (0-based)."""
+    local = utc + offset
+    days = local // 86400
+    y, _m, _d = civil_from_days(days)
+    doy = days - days_from_civil(y, 1, 1)
+    a = _TWO_PI * (doy + (local - days * 86400) / 86400.0) / 365.25
+    return math.sin(a), math.cos(a)
+
+
 def to_utc_offset(
     value: datetime | int | float, starts: np.ndarray, offsets: np.ndarray
 ) -> tuple[int, int]:
-    """One event time (aware/naive datetime or epoch seconds) as (utc, offset) seconds."""
+    """One event time (aware/naive datetime or epoch seconds) as (utc, zone offset)."""
     if isinstance(value, datetime):
         if value.tzinfo is not None and value.utcoffset() is not None:
-            u = value.utcoffset()
-            assert u is not None
-            return int(value.timestamp()), int(u.total_seconds())
+            t = math.floor(value.timestamp())
+            return t, int(offset_at(t, starts, offsets))
         wall = int((value - datetime(1970, 1, 1)) // timedelta(seconds=1))
         w = np.array([wall], dtype=np.int64)
         o = np.array([NO_OFFSET], dtype=np.int32)
         resolve_offsets(w, o, starts, offsets)
         return int(w[0]), int(o[0])
-    t = int(value)
+    t = math.floor(value)
     return t, int(offset_at(t, starts, offsets))

@@ -62,13 +62,15 @@ def _fraction(s: str) -> float:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from training.synth import generate, write_table
+    from training.synth import generate, generate_trips, write_table
 
+    kind = getattr(args, "kind", "deliveries")
+    make = generate_trips if kind == "trips" else generate
     t0 = time.perf_counter()
-    table = generate(args.rows, seed=args.seed)
+    table = make(args.rows, seed=args.seed)
     write_table(table, args.out)
     print(
-        f"wrote {table.num_rows} deliveries to {args.out} in {time.perf_counter() - t0:.1f}s",
+        f"wrote {table.num_rows} {kind} to {args.out} in {time.perf_counter() - t0:.1f}s",
         file=sys.stderr,
     )
     return 0
@@ -95,9 +97,7 @@ def _train_settings(args: argparse.Namespace) -> Any:
     s = _settings()
     return TrainSettings(
         holdout_fraction=args.holdout_fraction,
-        accuracy_threshold=s.accuracy_threshold_minutes
-        if args.accuracy_threshold is None
-        else args.accuracy_threshold,
+        accuracy_threshold=args.accuracy_threshold,
         quality_threshold=args.quality_threshold
         if args.quality_threshold is not None
         else s.quality_threshold,
@@ -108,12 +108,21 @@ def _train_settings(args: argparse.Namespace) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from server.models import served_check
     from training.job import train_job
 
     spec = _spec(args)
     settings = _train_settings(args)
     reg = _registry(args)
-    res = train_job(args.data, spec, reg, settings, promote=args.promote, dry_run=args.dry_run)
+    res = train_job(
+        args.data,
+        spec,
+        reg,
+        settings,
+        promote=args.promote,
+        dry_run=args.dry_run,
+        served_check=served_check(reg),
+    )
     if args.json and res.metrics is not None:
         print(json.dumps({"version": res.version, "metrics": res.metrics}, indent=2))
     return 0
@@ -126,7 +135,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from training.train import metrics_table
 
     reg = _registry(args)
-    model = load_model(reg, args.model, engine=args.engine, threads=0)
+    model = load_model(reg, args.model, engine=args.engine or _settings().engine, threads=0)
     spec = model.pipe.spec
     table = read_table(args.data, spec, need_target=True)
     conv = to_columns(table, model.pipe, with_target=True)
@@ -138,13 +147,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     eta, p10, p90 = model.predict(X)
     y = conv.target
     assert y is not None
-    thr = (
-        model.manifest["metrics"]["holdout"]["accuracy_threshold_minutes"]
-        if args.accuracy_threshold is None
-        else args.accuracy_threshold
-    )
+    thr = spec.goal.tolerance if args.accuracy_threshold is None else args.accuracy_threshold
     if not thr > 0:
-        raise ConfigError(f"--accuracy-threshold={thr!r}: must be > 0 minutes")
+        raise ConfigError(f"--accuracy-threshold={thr!r}: must be > 0 (in the target's unit)")
     b = model.manifest.get("baselines", {})
     base = BaselineModel(b.get("median_minutes", 0.0), b.get("median_km_per_min", 0.0))
     dist = X[:, 4].astype("float64")
@@ -159,7 +164,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             "refused_rows": len(conv.reject_rows),
             "from": datetime.fromtimestamp(int(t.min()), UTC).isoformat(),
             "to": datetime.fromtimestamp(int(t.max()), UTC).isoformat(),
-            "accuracy_threshold_minutes": thr,
+            "accuracy_tolerance": thr,
+            "unit": spec.goal.unit,
         },
         "model": {**point_metrics(y, eta, thr), **interval_metrics(y, p10, p90)},
         "baselines": base.evaluate(dist, y, thr),
@@ -172,7 +178,48 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backtest(args: argparse.Namespace) -> int:
+    """Rolling-origin evaluation: quality gate as ``train``, then one model per fold."""
+    from kernels.errors import DataError
+    from training.backtest import MIN_FOLDS, backtest, format_backtest
+    from training.io import read_table
+    from training.quality import assess
+    from training.train import TrainSettings
+
+    if args.folds < MIN_FOLDS:  # before reading a large file
+        raise ConfigError(f"--folds={args.folds}: a backtest needs at least {MIN_FOLDS} folds")
+    spec = _spec(args)
+    s = _settings()
+    settings = TrainSettings(
+        accuracy_threshold=args.accuracy_threshold,
+        quality_threshold=args.quality_threshold
+        if args.quality_threshold is not None
+        else s.quality_threshold,
+        max_rounds=args.max_rounds,
+        num_leaves=args.num_leaves,
+        seed=args.seed,
+    )
+    settings.validate()
+    print(f"reading {args.data}", file=sys.stderr)
+    table = read_table(args.data, spec, need_target=True)
+    quality = assess(table, spec, threshold=settings.quality_threshold)
+    if not quality.passed:
+        names = ", ".join(f"{c.name} ({c.score:.0f})" for c in quality.failing()) or "overall"
+        raise DataError(
+            f"data quality {quality.score:.1f} is below the threshold {settings.quality_threshold:g}: "
+            f"failing checks: {names} (run `intellilog validate --data {args.data}` for details)"
+        )
+    result = backtest(table, spec, settings, folds=args.folds, out=sys.stderr)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(format_backtest(result))
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
+    from server.models import servable_engines
+
     reg = _registry(args)
     if args.action == "list":
         aliases = reg.aliases()
@@ -186,14 +233,14 @@ def cmd_models(args: argparse.Namespace) -> int:
         if not versions:
             print(f"no models in {reg.root}: run `intellilog train --data FILE --promote`")
             return 0
-        print(f"{'version':8} {'created':20} {'MAE':>6} {'±5min':>6} {'engines':24} aliases")
+        print(f"{'version':8} {'created':20} {'MAE':>7} {'acc':>6} {'engines':33} aliases")
         for v in versions:
             m = reg.manifest(v)
             met = m.get("metrics", {}).get("model", {})
-            eng = ",".join(sorted(m.get("engines", {})))
+            eng = ",".join(servable_engines(m))
             print(
-                f"{v:8} {m.get('created_at', '')[:19]:20} {met.get('mae', float('nan')):6.2f} "
-                f"{met.get('accuracy', float('nan')) * 100:5.1f}% {eng:24} {','.join(by_version.get(v, []))}"
+                f"{v:8} {m.get('created_at', '')[:19]:20} {met.get('mae', float('nan')):7.2f} "
+                f"{met.get('accuracy', float('nan')) * 100:5.1f}% {eng:33} {','.join(by_version.get(v, []))}"
             )
         return 0
     if args.action == "show":
@@ -311,7 +358,14 @@ def build_parser() -> argparse.ArgumentParser:
             "--registry", help="model registry folder (default: $MODEL_ARTIFACT_PATH or ./models)"
         )
 
-    g = sub.add_parser("generate", help="write a synthetic delivery dataset")
+    g = sub.add_parser("generate", help="write a synthetic dataset (deliveries or long trips)")
+    g.add_argument(
+        "--kind",
+        choices=("deliveries", "trips"),
+        default="deliveries",
+        help="deliveries: one city, minutes (spec: deliveries); trips: intercity freight legs "
+        "across time zones, hours to days (spec: trips)",
+    )
     g.add_argument("--rows", type=_positive_int, default=100_000)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", required=True, help="FILE.parquet or FILE.csv")
@@ -336,7 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="latest share of rows held out (default 0.2)",
     )
     t.add_argument(
-        "--accuracy-threshold", type=float, help="minutes for the accuracy metric (default 5)"
+        "--accuracy-threshold",
+        type=float,
+        help="tolerance of the accuracy metric (default: the spec's target.tolerance)",
     )
     t.add_argument(
         "--quality-threshold", type=float, help="refuse data scoring below this (default 80)"
@@ -355,12 +411,36 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", required=True)
     e.add_argument("--model", default="production", help="version or alias (default production)")
     e.add_argument(
-        "--engine", default="lightgbm", choices=["onnx", "numba", "compiled", "lightgbm"]
+        "--engine",
+        choices=["onnx", "numba", "compiled", "lightgbm"],
+        help="default: $INTELLILOG_ENGINE or compiled",
     )
     e.add_argument("--accuracy-threshold", type=float)
     reg_opt(e)
     e.add_argument("--json", action="store_true")
     e.set_defaults(fn=cmd_evaluate)
+
+    bt = sub.add_parser(
+        "backtest", help="rolling-origin evaluation: train on the past, test on what came next"
+    )
+    bt.add_argument("--data", required=True)
+    bt.add_argument("--spec", help="feature spec TOML (default: the delivery spec)")
+    bt.add_argument(
+        "--folds", type=int, default=4, help="test segments (default 4; rows cut into folds+1)"
+    )
+    bt.add_argument(
+        "--accuracy-threshold",
+        type=float,
+        help="tolerance of the accuracy metric (default: the spec's target.tolerance)",
+    )
+    bt.add_argument(
+        "--quality-threshold", type=float, help="refuse data scoring below this (default 80)"
+    )
+    bt.add_argument("--max-rounds", type=_positive_int, default=1500)
+    bt.add_argument("--num-leaves", type=_positive_int, default=63)
+    bt.add_argument("--seed", type=int, default=0)
+    bt.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
+    bt.set_defaults(fn=cmd_backtest)
 
     m = sub.add_parser("models", help="list, show, promote, roll back models")
     m.add_argument("action", choices=["list", "show", "promote", "rollback", "history"])
@@ -378,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--engine",
         choices=["onnx", "numba", "compiled", "lightgbm"],
-        help="default: $INTELLILOG_ENGINE or numba",
+        help="default: $INTELLILOG_ENGINE or compiled",
     )
     s.add_argument("--spec", help="check the model was trained with this spec")
     s.add_argument("--rejects", help="reject file (default: OUT.rejects.csv)")

@@ -15,9 +15,13 @@ from typing import Any
 
 from kernels.errors import ConfigError
 
-__all__ = ["ENGINES", "Settings", "load_dotenv", "load_settings"]
+__all__ = ["DEFAULT_ENGINE", "ENGINES", "Settings", "load_dotenv", "load_settings"]
 
 ENGINES = ("onnx", "numba", "compiled", "lightgbm", "hummingbird")
+#: The one default engine of the server and of every command that loads a model: the
+#: forest compiled to machine code (kernels/compiled.py), bit-exact with LightGBM and the
+#: fastest here (bench/RESULTS.md); cached after the first load.
+DEFAULT_ENGINE = "compiled"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -28,9 +32,7 @@ class Settings:
     tenant_id: str = "default"
     database_url: str = "sqlite:///./intellilog.db"
     model_artifact_path: str = "./models"
-    # the forest compiled to machine code (kernels/compiled.py): bit-exact with LightGBM,
-    # fastest here for one row and for batches (bench/RESULTS.md); cached after the first load
-    engine: str = "compiled"
+    engine: str = DEFAULT_ENGINE
     allow_gpu: bool = True
     # batches of at least this many rows go to the GPU engine when there is one
     # (server.engines: hummingbird on CUDA, behind its parity check); 0 = never
@@ -38,7 +40,6 @@ class Settings:
     enable_drift_detection: bool = True
     enable_ab_testing: bool = False
     quality_threshold: float = 80.0
-    accuracy_threshold_minutes: float = 5.0
     log_level: str = "INFO"
     model_alias: str = "production"
     admin_token: str = ""
@@ -66,7 +67,6 @@ _ENV = {
     "enable_drift_detection": "ENABLE_DRIFT_DETECTION",
     "enable_ab_testing": "ENABLE_AB_TESTING",
     "quality_threshold": "QUALITY_THRESHOLD",
-    "accuracy_threshold_minutes": "ACCURACY_THRESHOLD_MINUTES",
     "log_level": "LOG_LEVEL",
     "model_alias": "MODEL_ALIAS",
     "admin_token": "ADMIN_TOKEN",
@@ -148,10 +148,6 @@ def load_settings(
         raise ConfigError(f"INTELLILOG_ENGINE={s.engine!r}: use one of {', '.join(ENGINES)}")
     if not 0 <= s.quality_threshold <= 100:
         raise ConfigError(f"QUALITY_THRESHOLD={s.quality_threshold!r}: must be within [0, 100]")
-    if not s.accuracy_threshold_minutes > 0:
-        raise ConfigError(
-            f"ACCURACY_THRESHOLD_MINUTES={s.accuracy_threshold_minutes!r}: must be > 0"
-        )
     if not (
         s.database_url.startswith("sqlite:")
         or s.database_url.startswith(("postgresql://", "postgres://"))

@@ -731,6 +731,9 @@ class Predictor:
     ``gpu_min_rows`` rows costs one integer comparison more than before.
     ``large_rows`` / ``large_cpu_rows`` count the rows of large batches scored on the
     GPU / kept on the CPU for NaN. :meth:`describe` reports the set-up.
+
+    ``scale`` turns the models' unit (the spec's ``target.unit``) into the minutes every
+    answer is given in; 1.0 (a target in minutes) leaves the models' outputs untouched.
     """
 
     def __init__(
@@ -741,9 +744,11 @@ class Predictor:
         allow_gpu: bool | None = None,
         gpu_min_rows: int | None = None,
         gpu_nan_ok: bool = False,
+        scale: float = 1.0,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.kind = kind
+        self.scale = float(scale)
         self.engines: dict[str, Engine] = {
             m: load_engine(self.model_dir, m, kind, threads, allow_gpu) for m in MODEL_NAMES
         }
@@ -870,11 +875,14 @@ class Predictor:
     def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         X = _matrix(X, self.n_features, self.kind)
         if X.shape[0] >= self._large_from:
-            return self._predict_large(X)
-        eta = self.engines["eta"].predict(X)
-        p10 = self.engines["p10"].predict(X)
-        p90 = self.engines["p90"].predict(X)
-        return eta, np.minimum(p10, eta), np.maximum(p90, eta)
+            eta, p10, p90 = self._predict_large(X)
+        else:
+            eta = self.engines["eta"].predict(X)
+            p10 = np.minimum(self.engines["p10"].predict(X), eta)
+            p90 = np.maximum(self.engines["p90"].predict(X), eta)
+        if self.scale != 1.0:
+            return eta * self.scale, p10 * self.scale, p90 * self.scale
+        return eta, p10, p90
 
     def predict_one(self, X: np.ndarray) -> tuple[float, float, float]:
         """``(eta, p10, p90)`` of row 0 of ``X[1, F]``, as :meth:`predict` gives them: the
@@ -887,13 +895,19 @@ class Predictor:
                 out = np.empty(3)
                 _forests_row(np.ascontiguousarray(X), *st, out)
                 eta, p10, p90 = out.tolist()
-                return eta, min(p10, eta), max(p90, eta)
+                return self._one(eta, p10, p90)
             rows = self._rows3
             if rows is not None:
                 eta, p10, p90 = _rows3(rows[0], rows[1], rows[2], np.ascontiguousarray(X))
-                return eta, min(p10, eta), max(p90, eta)
+                return self._one(eta, p10, p90)
         eta_a, p10_a, p90_a = self.predict(X[:1])
         return float(eta_a[0]), float(p10_a[0]), float(p90_a[0])
+
+    def _one(self, eta: float, p10: float, p90: float) -> tuple[float, float, float]:
+        s = self.scale
+        if s != 1.0:
+            return eta * s, min(p10, eta) * s, max(p90, eta) * s
+        return eta, min(p10, eta), max(p90, eta)
 
     def _predict_large(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         gpu = self.large

@@ -34,8 +34,6 @@ __all__ = [
 ]
 
 _FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
-#: Longest plausible delivery; longer targets are refused as impossible.
-MAX_TARGET_MINUTES = 24 * 60.0
 
 
 def file_format(path: str | Path) -> str:
@@ -243,10 +241,9 @@ def _times(
     missing = np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
     t = arr.type
     if pa.types.is_timestamp(t):
-        secs = np.asarray(
-            pc.cast(arr.cast(pa.timestamp("s", tz=t.tz)), pa.int64()).fill_null(0).to_numpy(),
-            dtype=np.int64,
-        )
+        # any unit; fractions of a second are dropped (floor), as for ISO text
+        raw = np.asarray(arr.cast(pa.int64()).fill_null(0).to_numpy(), dtype=np.int64)
+        secs = np.floor_divide(raw, _PER_SECOND[t.unit])
         if t.tz is None:  # naive: wall clock of the spec's zone
             utc[:] = secs
             resolve_offsets(utc, off, pipe.zone_starts, pipe.zone_offsets)
@@ -316,7 +313,12 @@ def _bounded(
         r.add(oor, "range", [f"{name}: {vals[i]:g} outside [{lo:g}, {hi:g}]" for i in idx.tolist()])
 
 
-def _strings(col: pa.ChunkedArray, name: str = "?") -> pa.Array:
+_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+
+
+def _strings(col: pa.ChunkedArray, name: str = "?", lower: bool = False) -> pa.Array:
+    """Text of a categorical column with the spec's one normalisation
+    (:meth:`kernels.spec.FeatureSpec.normalize_level`: trimmed, lower-cased if asked)."""
     arr = col.combine_chunks()
     t = arr.type
     if pa.types.is_dictionary(t):
@@ -326,7 +328,8 @@ def _strings(col: pa.ChunkedArray, name: str = "?") -> pa.Array:
         if not (pa.types.is_integer(t) or pa.types.is_boolean(t) or pa.types.is_floating(t)):
             raise DataError(f"column {name!r} has type {t}, expected text")
         arr = arr.cast(pa.string())
-    return pc.utf8_trim_whitespace(arr)
+    arr = pc.utf8_trim_whitespace(arr)
+    return pc.utf8_lower(arr) if lower else arr
 
 
 def to_columns(table: pa.Table, pipe: Pipeline, with_target: bool = False) -> Converted:
@@ -355,7 +358,7 @@ def to_columns(table: pa.Table, pipe: Pipeline, with_target: bool = False) -> Co
 
     cats = np.empty((n, len(spec.categorical)), dtype=np.int32)
     for k, c in enumerate(spec.categorical):
-        arr = _strings(col(c.name), c.name)
+        arr = _strings(col(c.name), c.name, spec.categorical_case == "lower")
         levels = pipe.levels[c.name]
         codes = pc.index_in(arr, value_set=pa.array(levels, pa.string()))
         cats[:, k] = np.asarray(
@@ -392,15 +395,16 @@ def to_columns(table: pa.Table, pipe: Pipeline, with_target: bool = False) -> Co
 
     target = None
     if with_target:
-        t = _as_float(col(spec.target), spec.target, r)
+        g = spec.goal
+        t = _as_float(col(g.name), g.name, r)
         tn = np.isnan(t)
-        r.add(tn & ~r.bad, "missing", f"{spec.target}: missing")
+        r.add(tn & ~r.bad, "missing", f"{g.name}: missing")
         with np.errstate(invalid="ignore"):
-            imp = ~tn & ((t <= 0) | (t > MAX_TARGET_MINUTES) | ~np.isfinite(t))
+            imp = ~tn & ((t <= 0) | (t > g.max) | ~np.isfinite(t))
         r.add(
             imp,
             "impossible",
-            f"{spec.target}: not a duration in (0, {MAX_TARGET_MINUTES:g}] minutes",
+            f"{g.name}: not a duration in (0, {g.max:g}] {g.unit} (the spec's target.max)",
         )
         target = t
 
@@ -433,7 +437,7 @@ def learn_levels(
         if not c.learned:
             out[c.name] = c.levels
             continue
-        arr = _strings(table.column(c.name), c.name).drop_null()
+        arr = _strings(table.column(c.name), c.name, spec.categorical_case == "lower").drop_null()
         counts = pc.value_counts(arr)
         vals = counts.field("values").to_pylist()
         cnts = counts.field("counts").to_numpy()

@@ -5,13 +5,15 @@ from __future__ import annotations
 import hashlib
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
+import pyarrow as pa
 
-from kernels.errors import DataError
+from kernels.errors import DataError, IntelliLogError, ModelLoadError
 from kernels.spec import FeatureSpec
 from training import __version__
 from training.drift import reference_histograms
@@ -21,7 +23,15 @@ from training.quality import QualityReport, assess
 from training.registry import Registry
 from training.train import TrainSettings, fit_models, metrics_table, prepare, settings_dict
 
-__all__ = ["TrainOutcome", "file_digest", "train_job"]
+__all__ = ["ServedCheck", "TrainOutcome", "file_digest", "train_job"]
+
+#: ``check(version, raw_rows, expected)``: prove a published version as it is served
+#: (``server.models.verify_served`` with the registry bound); returns the largest relative
+#: error per engine, raises on a mismatch. Training cannot import the server, so the
+#: caller hands it in.
+ServedCheck = Callable[[str, pa.Table, Sequence[np.ndarray]], dict[str, float]]
+#: Raw rows the served check feeds through every engine.
+SERVED_CHECK_ROWS = 2000
 
 
 @dataclass
@@ -52,7 +62,13 @@ def train_job(
     promote: bool = False,
     dry_run: bool = False,
     out: TextIO | None = None,
+    *,
+    served_check: ServedCheck,
 ) -> TrainOutcome:
+    """Train, export, publish, prove the version as served, then (optionally) promote.
+
+    A version whose served answers differ from the training-time boosters is deleted
+    before anything can point at it, and the error names the engine and the row."""
     out = out or sys.stderr
     t0 = time.perf_counter()
     settings.validate()
@@ -62,10 +78,10 @@ def train_job(
     quality = assess(table, spec, threshold=settings.quality_threshold)
     out.write(quality.format() + "\n")
     if not quality.passed:
-        names = ", ".join(f"{c.name} ({c.score:.0f})" for c in quality.failing()) or "overall"
+        names = "; ".join(f"{c.name} ({c.score:.0f}: {c.detail})" for c in quality.failing())
         raise DataError(
             f"data quality {quality.score:.1f} is below the threshold {settings.quality_threshold:g}: "
-            f"failing checks: {names} (run `intellilog validate --data {path}` for details)"
+            f"failing checks: {names or 'overall'} (run `intellilog validate --data {path}` for details)"
         )
     prep = prepare(table, spec, settings)
     rej = len(prep.converted.reject_rows)
@@ -116,6 +132,25 @@ def train_job(
         "train_seconds": round(res.seconds, 2),
     }
     version = registry.publish(staging, manifest)
+    # the artifact as served: reloaded through the server's loader, fed raw input rows
+    pick = prep.holdout_idx[rng.permutation(len(prep.holdout_idx))[:SERVED_CHECK_ROWS]]
+    X_pick = prep.X[pick]
+    eta = np.asarray(res.boosters["eta"].predict(X_pick), dtype=np.float64)
+    expected: list[np.ndarray] = [
+        eta,
+        np.minimum(res.boosters["p10"].predict(X_pick), eta),
+        np.maximum(res.boosters["p90"].predict(X_pick), eta),
+    ]
+    try:
+        worst = served_check(version, table.take(prep.rows[pick]), expected)
+    except IntelliLogError as exc:
+        registry.delete(version)
+        raise ModelLoadError(f"version {version} deleted: {exc}") from None
+    out.write(
+        f"served check on {len(pick)} raw rows, reloaded: "
+        + ", ".join(f"{k} {v:.1e}" for k, v in worst.items())
+        + " max relative error\n"
+    )
     out.write(f"registered model {version} in {registry.root}\n")
     if promote:
         registry.promote(version, "production")

@@ -31,10 +31,11 @@ The checks and their weights (they sum to 100)
     column is present; null keys are not duplicates) or a row identical to an earlier one in
     every column.
 ``impossible_durations`` (20)
-    Share of rows whose target (minutes) is not a plausible duration: ``<= 0``, above 24 h or
-    not finite (``to_columns`` refuses these), below :data:`MIN_MINUTES` (1 minute), or implying
-    a speed above :data:`MAX_SPEED_KMH` (150 km/h) over the great-circle distance between
-    pickup and dropoff (rows with both points within range).
+    Share of rows whose target is not a plausible duration by the spec's ``[target]``
+    table (:class:`kernels.spec.Target`; delivery defaults 1 min .. 24 h, 150 km/h):
+    ``<= 0``, above ``max`` or not finite (``to_columns`` refuses these), below ``min``, or
+    implying a speed above ``max_speed_kmh`` over the great-circle distance between pickup
+    and dropoff (rows with both points within range; no speed check when it is unset).
 ``volume`` (15)
     Valid rows ``v`` (accepted by ``to_columns``) against ``min_rows``; with the floor
     ``f = min(50, min_rows / 2)``: ``score = 100 * clip((v - f) / (min_rows - f), 0, 1)``, so
@@ -46,10 +47,13 @@ The checks and their weights (they sum to 100)
     detail ``"not checked"``.
 ``time_coverage`` (10)
     Over the valid event times (0.5 % trimmed at each end when there are at least 200, so a
-    stray timestamp does not stretch the timeline): the span factor
-    ``clip(span_days / 2, 0, 1)`` (one day or less fails: a time-ordered holdout needs more)
-    times the coverage factor ``clip(c / 0.8, 0, 1)``, where ``c`` is the share of UTC calendar
-    days from the first to the last that hold at least one row (up to 20 % empty days are free).
+    stray timestamp does not stretch the timeline), on the data's own cadence: the bucket
+    ``b = max(1 day, 20 × the median gap between consecutive distinct event times)``. The
+    span factor ``clip(span / 2b, 0, 1)`` (one bucket or less fails: a time-ordered holdout
+    needs more) times the coverage factor ``clip(c / 0.8, 0, 1)``, where ``c`` is the share
+    of buckets from the first to the last that hold at least one row (up to 20 % empty
+    buckets are free). Daily-or-denser data get calendar days (UTC); sparse data (a trip a
+    week) get buckets wide enough that their normal pauses are not gaps.
 
 The total
 ---------
@@ -86,12 +90,10 @@ from kernels.errors import DataError
 from kernels.features import UNKNOWN, Pipeline
 from kernels.geo import haversine_km_array
 from kernels.spec import FeatureSpec
-from training.io import MAX_TARGET_MINUTES, Converted, learn_levels, to_columns
+from training.io import Converted, learn_levels, to_columns
 
 __all__ = [
     "CAP_MARGIN",
-    "MAX_SPEED_KMH",
-    "MIN_MINUTES",
     "PASS_MARK",
     "WEIGHTS",
     "Check",
@@ -104,10 +106,6 @@ __all__ = [
 PASS_MARK = 60.0
 #: The total never exceeds the worst check's score by more than this.
 CAP_MARGIN = 20.0
-#: Implied speeds above this (km/h, great-circle) are impossible for a delivery.
-MAX_SPEED_KMH = 150.0
-#: Durations below this (minutes) are impossible for a delivery.
-MIN_MINUTES = 1.0
 #: Check weights, in report order (they sum to 100).
 WEIGHTS: dict[str, float] = {
     "completeness": 20.0,
@@ -122,8 +120,9 @@ WEIGHTS: dict[str, float] = {
 _SHARE_FREE = 0.01  # bad-row share that still scores 100
 _SHARE_ZERO = 0.25  # bad-row share that scores 0
 _VOLUME_FLOOR = 50  # fewer valid rows than this score 0 (when min_rows allows)
-_MIN_SPAN_DAYS = 2.0  # span that earns the full span factor
-_FREE_EMPTY_DAYS = 0.2  # share of empty calendar days that costs nothing
+_MIN_SPAN_BUCKETS = 2.0  # span that earns the full span factor
+_FREE_EMPTY = 0.2  # share of empty buckets that costs nothing
+_CADENCE_GAPS = 20  # a bucket holds this many median gaps (at least a day)
 _TRIM = 0.005  # share of event times trimmed at each end for the timeline
 _TRIM_FROM = 200  # ... when there are at least this many
 _DAY = 86_400
@@ -424,7 +423,8 @@ def _duplicates(table: pa.Table, spec: FeatureSpec, n: int) -> Check:
 
 
 def _impossible(table: pa.Table, spec: FeatureSpec, n: int) -> Check:
-    t = _floats(table.column(spec.target))
+    g = spec.goal
+    t = _floats(table.column(g.name))
 
     def coord(name: str, bound: float) -> np.ndarray:
         v = _floats(table.column(name))
@@ -439,17 +439,21 @@ def _impossible(table: pa.Table, spec: FeatureSpec, n: int) -> Check:
     km[np.isnan(plat) | np.isnan(plon) | np.isnan(dlat) | np.isnan(dlon)] = np.nan
     present = ~np.isnan(t)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        out_of_range = present & ((t <= 0) | (t > MAX_TARGET_MINUTES) | ~np.isfinite(t))
-        short = present & ~out_of_range & (t < MIN_MINUTES)
-        fast = present & ~out_of_range & ~short & (km / (t / 60.0) > MAX_SPEED_KMH)
+        out_of_range = present & ((t <= 0) | (t > g.max) | ~np.isfinite(t))
+        short = present & ~out_of_range & (t < g.min)
+        fast = np.zeros_like(short)
+        if g.max_speed_kmh is not None:
+            fast = present & ~out_of_range & ~short & (km / (t * g.hours) > g.max_speed_kmh)
     bad = int((out_of_range | short | fast).sum())
     if bad == 0:
         return _check("impossible_durations", 100.0, "all durations plausible")
+    unit = g.unit
     detail = (
-        f"{_pct(bad, n)} rows: {int(out_of_range.sum())} <= 0 or > 24 h, "
-        f"{int(short.sum())} under {MIN_MINUTES:g} min, "
-        f"{int(fast.sum())} faster than {MAX_SPEED_KMH:g} km/h"
+        f"{_pct(bad, n)} rows: {int(out_of_range.sum())} <= 0 or > target.max ({g.max:g} {unit}), "
+        f"{int(short.sum())} under target.min ({g.min:g} {unit})"
     )
+    if g.max_speed_kmh is not None:
+        detail += f", {int(fast.sum())} faster than target.max_speed_kmh ({g.max_speed_kmh:g} km/h)"
     return _check("impossible_durations", share_score(bad / n), detail)
 
 
@@ -485,17 +489,23 @@ def _time_coverage(utc: np.ndarray) -> Check:
     s = np.sort(utc)
     k = int(s.size * _TRIM) if s.size >= _TRIM_FROM else 0
     lo, hi = int(s[k]), int(s[s.size - 1 - k])
-    span = (hi - lo) / _DAY
     kept = s[k : s.size - k]
-    days = np.unique(kept // _DAY).size
-    calendar = hi // _DAY - lo // _DAY + 1
-    cover = days / calendar
-    span_f = min(1.0, span / _MIN_SPAN_DAYS)
-    cover_f = min(1.0, cover / (1.0 - _FREE_EMPTY_DAYS))
+    gaps = np.diff(np.unique(kept))
+    median_gap = float(np.median(gaps)) if gaps.size else 0.0
+    bucket = max(_DAY, int(_CADENCE_GAPS * median_gap))
+    span = (hi - lo) / bucket
+    filled = np.unique(kept // bucket).size
+    total = hi // bucket - lo // bucket + 1
+    span_f = min(1.0, span / _MIN_SPAN_BUCKETS)
+    cover_f = min(1.0, filled / total / (1.0 - _FREE_EMPTY))
     trimmed = f" ({_TRIM:.1%} trimmed at each end)" if k else ""
-    detail = f"valid rows span {span:.1f} days{trimmed}; {days} of {calendar} days have data"
+    what = "days" if bucket == _DAY else f"{bucket / _DAY:.1f}-day buckets (the data's cadence)"
+    detail = (
+        f"valid rows span {(hi - lo) / _DAY:.1f} days{trimmed}; "
+        f"{filled} of {total} {what} have data"
+    )
     if span <= 1.0:
-        detail += " (need more than 1 day for a time-ordered holdout)"
+        detail += " (need more than one bucket for a time-ordered holdout)"
     return _check("time_coverage", 100.0 * span_f * cover_f, detail)
 
 

@@ -72,6 +72,12 @@ One order
   3 minutes, rounded to 0.01.
 
 Rows are sorted by ``created_at`` and numbered ``o0000001``, ``o0000002``, ... in that order.
+
+Long trips
+----------
+:func:`generate_trips` writes a second kind of data: intercity freight legs (truck, rail, air)
+between 30 real cities in Europe, North America and Asia, hours to days long, with event
+times written in each origin city's own UTC offset. Its model is described in its docstring.
 """
 
 from __future__ import annotations
@@ -92,9 +98,14 @@ __all__ = [
     "CITIES",
     "COLUMNS",
     "SCHEMA",
+    "TRIP_CARRIERS",
+    "TRIP_COLUMNS",
+    "TRIP_MODES",
+    "TRIP_SCHEMA",
     "VEHICLES",
     "WEATHERS",
     "generate",
+    "generate_trips",
     "write_table",
 ]
 
@@ -405,6 +416,14 @@ def write_table(table: pa.Table, path: str | Path) -> None:
 
 
 def _check_args(rows: int, seed: int, start: str, weeks: int, city: str) -> _City:
+    _check_common(rows, seed, start, weeks)
+    c = CITIES.get(str(city).strip().lower())
+    if c is None:
+        raise ConfigError(f"unknown city {city!r} (known: {', '.join(sorted(CITIES))})")
+    return c
+
+
+def _check_common(rows: int, seed: int, start: str, weeks: int) -> None:
     if (
         isinstance(rows, bool)
         or not isinstance(rows, int | np.integer)
@@ -425,10 +444,6 @@ def _check_args(rows: int, seed: int, start: str, weeks: int, city: str) -> _Cit
         raise ConfigError(f"start must be a date like 2025-01-06, got {start!r}") from None
     if not 1971 <= day0.year <= 2090:
         raise ConfigError(f"start year must be in 1971..2090, got {day0.year}")
-    c = CITIES.get(str(city).strip().lower())
-    if c is None:
-        raise ConfigError(f"unknown city {city!r} (known: {', '.join(sorted(CITIES))})")
-    return c
 
 
 @dataclass(frozen=True, slots=True)
@@ -598,4 +613,639 @@ def _iso_strings(local: np.ndarray, offset: np.ndarray) -> pa.Array:
     _digits(buf, 20, a // 60, 2)
     buf[:, 22] = ord(":")
     _digits(buf, 23, a % 60, 2)
+    return _string_array(buf)
+
+
+# ==== long trips ==============================================================================
+
+
+@dataclass(frozen=True, slots=True)
+class _TripCity:
+    name: str
+    code: str  # hub codes are CODE-1, CODE-2, ...
+    lat: float
+    lon: float
+    timezone: str
+    land: str  # trucks and trains run only within one land group
+    customs: str  # customs area: a leg between two areas is checked at the border
+    weight: float  # freight volume (origin and destination attraction)
+    congestion: float  # hours lost leaving the city in its rush hours (trucks)
+    hubs: int
+    cold: float  # 0..1: how much winter precipitation turns into snow and ice
+    wet: float  # chance of a wet day, yearly mean
+    wet_amp: float  # seasonal swing of that chance
+    wet_peak: int  # day of the year of the wettest season
+    wet_mm: float  # mean precipitation of a wet day (mm)
+
+
+# fmt: off
+_TRIP_CITIES: tuple[_TripCity, ...] = (
+    _TripCity("Berlin", "BER", 52.5200, 13.4050, "Europe/Berlin", "eu", "EU", 1.0, 0.8, 2, 0.6, 0.45, 0.05, 200, 5.0),
+    _TripCity("Hamburg", "HAM", 53.5511, 9.9937, "Europe/Berlin", "eu", "EU", 1.2, 0.7, 1, 0.5, 0.50, 0.05, 200, 5.0),
+    _TripCity("Munich", "MUC", 48.1372, 11.5755, "Europe/Berlin", "eu", "EU", 0.8, 0.7, 1, 0.7, 0.45, 0.10, 180, 7.0),
+    _TripCity("Frankfurt", "FRA", 50.1109, 8.6821, "Europe/Berlin", "eu", "EU", 1.6, 0.8, 2, 0.5, 0.45, 0.05, 180, 6.0),
+    _TripCity("Paris", "CDG", 48.8566, 2.3522, "Europe/Paris", "eu", "EU", 1.4, 1.2, 2, 0.3, 0.42, 0.05, 330, 5.0),
+    _TripCity("Madrid", "MAD", 40.4168, -3.7038, "Europe/Madrid", "eu", "EU", 0.8, 0.8, 1, 0.1, 0.25, 0.12, 330, 6.0),
+    _TripCity("Lisbon", "LIS", 38.7223, -9.1393, "Europe/Lisbon", "eu", "EU", 0.5, 0.6, 1, 0.0, 0.30, 0.18, 350, 8.0),
+    _TripCity("London", "LHR", 51.5074, -0.1278, "Europe/London", "eu", "GB", 1.3, 1.3, 2, 0.2, 0.50, 0.05, 330, 5.0),
+    _TripCity("Amsterdam", "AMS", 52.3676, 4.9041, "Europe/Amsterdam", "eu", "EU", 1.2, 0.7, 1, 0.3, 0.52, 0.05, 300, 6.0),
+    _TripCity("Milan", "MXP", 45.4642, 9.1900, "Europe/Rome", "eu", "EU", 0.9, 0.9, 1, 0.3, 0.30, 0.05, 300, 9.0),
+    _TripCity("Warsaw", "WAW", 52.2297, 21.0122, "Europe/Warsaw", "eu", "EU", 0.7, 0.8, 1, 0.8, 0.45, 0.08, 190, 5.0),
+    _TripCity("Vienna", "VIE", 48.2082, 16.3738, "Europe/Vienna", "eu", "EU", 0.6, 0.6, 1, 0.6, 0.42, 0.06, 180, 6.0),
+    _TripCity("Istanbul", "IST", 41.0082, 28.9784, "Europe/Istanbul", "eu", "TR", 0.9, 1.5, 1, 0.2, 0.35, 0.15, 350, 8.0),
+    _TripCity("New York", "JFK", 40.7128, -74.0060, "America/New_York", "na", "US", 1.5, 1.4, 2, 0.5, 0.33, 0.02, 200, 10.0),
+    _TripCity("Chicago", "ORD", 41.8781, -87.6298, "America/Chicago", "na", "US", 1.4, 1.0, 2, 0.9, 0.33, 0.05, 170, 9.0),
+    _TripCity("Atlanta", "ATL", 33.7490, -84.3880, "America/New_York", "na", "US", 0.9, 1.0, 1, 0.05, 0.30, 0.03, 60, 12.0),
+    _TripCity("Dallas", "DFW", 32.7767, -96.7970, "America/Chicago", "na", "US", 1.0, 0.9, 1, 0.05, 0.22, 0.06, 130, 15.0),
+    _TripCity("Denver", "DEN", 39.7392, -104.9903, "America/Denver", "na", "US", 0.5, 0.6, 1, 0.8, 0.25, 0.06, 130, 6.0),
+    _TripCity("Los Angeles", "LAX", 34.0522, -118.2437, "America/Los_Angeles", "na", "US", 1.5, 1.6, 2, 0.0, 0.10, 0.09, 30, 12.0),
+    _TripCity("Seattle", "SEA", 47.6062, -122.3321, "America/Los_Angeles", "na", "US", 0.6, 0.8, 1, 0.2, 0.40, 0.25, 350, 6.0),
+    _TripCity("Toronto", "YYZ", 43.6532, -79.3832, "America/Toronto", "na", "CA", 0.8, 1.0, 1, 0.9, 0.36, 0.04, 200, 8.0),
+    _TripCity("Mexico City", "MEX", 19.4326, -99.1332, "America/Mexico_City", "na", "MX", 0.7, 1.5, 1, 0.0, 0.30, 0.25, 200, 8.0),
+    _TripCity("Tokyo", "NRT", 35.6762, 139.6503, "Asia/Tokyo", "jp", "JP", 1.3, 1.2, 2, 0.05, 0.32, 0.12, 200, 15.0),
+    _TripCity("Seoul", "ICN", 37.5665, 126.9780, "Asia/Seoul", "kr", "KR", 1.0, 1.1, 1, 0.5, 0.28, 0.20, 200, 20.0),
+    _TripCity("Shanghai", "PVG", 31.2304, 121.4737, "Asia/Shanghai", "cn", "CN", 1.8, 1.3, 2, 0.05, 0.35, 0.15, 175, 12.0),
+    _TripCity("Hong Kong", "HKG", 22.3193, 114.1694, "Asia/Hong_Kong", "cn", "HK", 1.5, 1.2, 1, 0.0, 0.30, 0.25, 190, 20.0),
+    _TripCity("Singapore", "SIN", 1.3521, 103.8198, "Asia/Singapore", "sea", "SG", 1.2, 0.8, 1, 0.0, 0.45, 0.10, 340, 15.0),
+    _TripCity("Bangkok", "BKK", 13.7563, 100.5018, "Asia/Bangkok", "sea", "TH", 0.7, 1.5, 1, 0.0, 0.30, 0.30, 250, 16.0),
+    _TripCity("Dubai", "DXB", 25.2048, 55.2708, "Asia/Dubai", "me", "AE", 1.1, 0.9, 1, 0.0, 0.03, 0.03, 30, 8.0),
+    _TripCity("Mumbai", "BOM", 19.0760, 72.8777, "Asia/Kolkata", "in", "IN", 0.9, 1.8, 1, 0.0, 0.20, 0.55, 200, 30.0),
+)
+# fmt: on
+
+#: Transport modes, in the trips spec's declared order.
+TRIP_MODES: tuple[str, ...] = ("truck", "rail", "air")
+_TRUCK, _RAIL, _AIR = 0, 1, 2
+
+# Land groups: (truck km/h, road detour, rail km/h or 0 without freight rail).
+_LAND: dict[str, tuple[float, float, float]] = {
+    "eu": (68.0, 1.22, 55.0),
+    "na": (84.0, 1.15, 52.0),
+    "cn": (62.0, 1.28, 60.0),
+    "sea": (55.0, 1.30, 0.0),
+    "jp": (60.0, 1.30, 0.0),
+    "kr": (60.0, 1.30, 0.0),
+    "me": (70.0, 1.25, 0.0),
+    "in": (45.0, 1.35, 0.0),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _Carrier:
+    name: str
+    mode: int
+    lands: tuple[str, ...]  # land groups it serves (air carriers: every origin)
+    share: float  # relative market share where it serves
+    speed: float  # run speed factor (hidden)
+    handling: float  # handling-time factor (hidden)
+    team: float  # trucks: share of two-driver crews (no daily rest)
+
+
+_CARRIERS: tuple[_Carrier, ...] = (
+    _Carrier("Nordfrakt", _TRUCK, ("eu",), 1.0, 1.00, 0.90, 0.35),
+    _Carrier("Iberlog", _TRUCK, ("eu",), 0.7, 0.96, 1.10, 0.10),
+    _Carrier("Vistula Haulage", _TRUCK, ("eu",), 0.8, 1.03, 1.00, 0.20),
+    _Carrier("Lakeshore Freight", _TRUCK, ("na",), 1.0, 1.00, 0.95, 0.50),
+    _Carrier("Sierra Haul", _TRUCK, ("na", "me"), 0.6, 0.95, 1.15, 0.15),
+    _Carrier("Yangtze Trucking", _TRUCK, ("cn", "jp", "kr"), 1.0, 1.00, 1.00, 0.30),
+    _Carrier("Malay Road", _TRUCK, ("sea", "in"), 1.0, 0.94, 1.10, 0.10),
+    _Carrier("EuroRail Cargo", _RAIL, ("eu",), 1.0, 1.00, 1.00, 0.0),
+    _Carrier("Continental Rail", _RAIL, ("na",), 1.0, 0.97, 1.05, 0.0),
+    _Carrier("Pearl River Rail", _RAIL, ("cn",), 1.0, 1.05, 0.95, 0.0),
+    _Carrier("Skybridge Cargo", _AIR, (), 1.0, 1.00, 1.00, 0.0),
+    _Carrier("Polar Air", _AIR, (), 0.8, 1.02, 0.85, 0.0),
+    _Carrier("Orient Wings", _AIR, (), 0.9, 0.98, 1.05, 0.0),
+    _Carrier("Atlas Jet", _AIR, (), 0.5, 1.00, 1.20, 0.0),
+    # enters the market late in the period (a level the early data never saw)
+    _Carrier("Nova Freight", _TRUCK, ("eu",), 0.0, 1.04, 0.85, 0.60),
+)
+#: Every carrier the trip generator may write (the spec learns them from the data).
+TRIP_CARRIERS: tuple[str, ...] = tuple(c.name for c in _CARRIERS)
+_SKYBRIDGE = TRIP_CARRIERS.index("Skybridge Cargo")
+_NOVA = TRIP_CARRIERS.index("Nova Freight")
+_NOVA_FROM = 0.75  # position in the period where Nova Freight starts, with this share of EU trucks
+_NOVA_SHARE = 0.25
+_SKYBRIDGE_FROM = 0.55  # ... and where Skybridge Cargo moves its sorting to a remote hub
+_SKYBRIDGE_EXTRA_H = 4.0
+
+# Tendering by local hour (origin's wall clock), per mode.
+_TRIP_HOURS = np.array(
+    [
+        [0.20, 0.15, 0.15, 0.20, 0.50, 1.00, 1.60, 1.80, 1.60, 1.30, 1.10, 1.00,
+         1.00, 1.10, 1.30, 1.40, 1.30, 1.00, 0.80, 0.60, 0.50, 0.40, 0.30, 0.25],  # truck
+        [0.30, 0.20, 0.20, 0.20, 0.30, 0.50, 0.80, 1.00, 1.10, 1.10, 1.10, 1.10,
+         1.10, 1.20, 1.30, 1.40, 1.50, 1.50, 1.30, 1.00, 0.70, 0.50, 0.40, 0.30],  # rail
+        [0.40, 0.30, 0.30, 0.30, 0.40, 0.60, 0.80, 1.00, 1.20, 1.30, 1.30, 1.30,
+         1.30, 1.30, 1.40, 1.50, 1.60, 1.70, 1.60, 1.40, 1.10, 0.80, 0.60, 0.50],  # air
+    ]
+)  # fmt: skip
+# Departures by local weekday (Monday first), per mode: few trucks at weekends.
+_TRIP_DOW = np.array(
+    [
+        [1.00, 1.00, 1.00, 1.00, 1.05, 0.45, 0.15],
+        [1.00, 1.00, 1.00, 1.00, 1.00, 0.60, 0.50],
+        [1.00, 1.00, 1.00, 1.00, 1.05, 0.70, 0.60],
+    ]
+)
+_TRIP_NULL_CUSTOMS = 0.12
+_TRIP_ANOMALY_SHARE = 0.005
+_TRIP_MIN_MINUTES = 60.0
+_TRIP_MAX_MINUTES = 6000.0
+_TRIP_FASTEST_KMH = 850.0  # no row implies more over the great-circle distance
+_HUB_SEED = 0x7219_5EED
+
+TRIP_SCHEMA = pa.schema(
+    [
+        pa.field("trip_id", pa.string(), nullable=False),
+        pa.field("origin_lat", pa.float64(), nullable=False),
+        pa.field("origin_lon", pa.float64(), nullable=False),
+        pa.field("dest_lat", pa.float64(), nullable=False),
+        pa.field("dest_lon", pa.float64(), nullable=False),
+        pa.field("departed_at", pa.string(), nullable=False),
+        pa.field("mode", pa.string(), nullable=False),
+        pa.field("carrier", pa.string(), nullable=False),
+        pa.field("origin_hub", pa.string(), nullable=False),
+        pa.field("weight_kg", pa.float64(), nullable=False),
+        pa.field("pallets", pa.int64(), nullable=False),
+        pa.field("stops", pa.int64(), nullable=False),
+        pa.field("customs_checks", pa.int64(), nullable=True),
+        pa.field("precip_mm", pa.float64(), nullable=False),
+        pa.field("duration_minutes", pa.float64(), nullable=False),
+    ]
+)
+TRIP_COLUMNS: tuple[str, ...] = tuple(TRIP_SCHEMA.names)
+
+
+def generate_trips(
+    rows: int, seed: int = 0, start: str = "2025-01-06", weeks: int = 52
+) -> pa.Table:
+    """``rows`` synthetic intercity freight legs over ``weeks`` weeks from ``start``.
+
+    Columns are :data:`TRIP_COLUMNS` (see :data:`TRIP_SCHEMA`; the bundled spec
+    ``kernels/trips.toml`` describes them). Vectorised and deterministic like :func:`generate`;
+    raises :class:`ConfigError` for a bad argument.
+
+    The network (fixed, whatever the seed)
+        30 real cities (Europe, North America, East/South Asia, the Gulf) with their
+        coordinates and IANA zones, 1-2 hubs each (hub = city + N(0, 12 km), a hidden handling
+        efficiency ~ LogNormal(0, 0.15)), 15 carriers with hidden speed and handling factors.
+    One trip
+        origin city ~ volume; destination ~ ``w_d (1.6 exp(-d / 1000 km) [same land group]
+        + 0.015 [otherwise])``; origin/destination points = a hub + N(0, 8 km). Mode: across
+        land groups or over 2500 km air; up to 1500 km truck ``0.78 - 0.38 d/1500``, rail
+        ``0.10 + 0.15 d/1500`` (where freight rail runs), else air; 1500-2500 km rail 0.4,
+        else air. Carrier by mode and land group (Nova Freight takes 25 % of EU trucks in the
+        last quarter of the period). Local departure day ~ weekday weights per mode (few
+        trucks at weekends) × growth ``1 + 0.15 f`` × peak season (Nov/Dec), local hour ~ a
+        per-mode profile, whole minutes; the instant follows the origin's zone rules (DST
+        included) and ``departed_at`` is written with the origin's offset at that instant.
+    Duration (hours, every clock effect on the ORIGIN's wall clock)
+        * handling factor ``m = hub · carrier · (1.25 at weekends) · (1 + 0.15 peak)``;
+        * drift: handling, customs, rail runs and layovers take ``1 + 0.08 f`` times longer,
+          driving half that (congestion builds up over the period; the flights and the
+          waits for a slot do not drift), and Skybridge Cargo moves its sorting to a remote hub
+          from 55 % of the period on (+4 h per leg);
+        * weather: the origin's daily precipitation ``p`` (``precip_mm``; a seasonal wet-day
+          chance per city, Gamma amounts: monsoons, winter rain), snow ``s = cold · max(0,
+          cos(2π (doy − 15) / 365.25)) · min(p / 8, 1.5)``;
+        * customs: ``customs_checks`` ~ border crossings (a leg between customs areas has
+          1-2) + Poisson(0.1..0.2), each ``Gamma(2, 0.9)`` h; border posts close from Friday
+          14:00 over Saturday (+U(8, 20) h for ground legs); reported except 12 % (null);
+        * truck: road km ``d · detour + 18 · stops`` at the land group's speed × carrier ×
+          1.06 at night (21-05) / (1 + 0.35 s + 0.05 min(p / 25, 2)); solo drivers rest
+          11 h per 9 h beyond the first 9 and 45 min per 4.5 h (team crews: 8 %); loading
+          ``(0.5 + 0.06 pallets) m``, unloading ``0.4 + 0.04 pallets``, stops
+          ``0.6 + Exp(0.3)`` h each, weekday rush hours (7-9:30, 16-19) cost the city's
+          congestion; EU trucks wait out the Sunday ban (00-22 Sunday) when under way;
+        * rail: trains leave at 08:00 and 20:00 (the wait), terminals ``(3 + 0.08 pallets) m
+          + 3 + 0.05 pallets``, run ``1.2 d`` at the group's rail speed, slower in snow;
+        * air: acceptance cut-offs at 07:00, 15:00 and 23:00 (the wait) + 3 h to the bank,
+          flight ``1.06 d / (830 km/h · carrier) + 0.6`` (× U(0.96, 1.06), winds) + per stop
+          ``2 + Exp(1.5)`` h, handling ``(1.5 + 0.0004 kg) m + 2.5 + 0.0003 kg``, storms
+          (``p > 20``: 40 % + Gamma(2, 2) h), de-icing in snow;
+        * Chinese New Year (doy 25-45, Chinese origins): +18 h ground, +9 h air;
+        * noise: the parts that drift × ``exp(0.10 clip(t₄, −4, 6))``; 0.5 % anomalies
+          (breakdowns, missed connections) + U(6, 36) h.
+        ``duration_minutes`` = 60 h, clipped to [max(60, 60 d / 850), 6000], 0.1 min.
+
+    Rows are sorted by the departure instant (UTC) and numbered ``t0000001``, ... in that
+    order; the ``departed_at`` strings are therefore *not* in text order (offsets differ).
+    """
+    _check_common(rows, seed, start, weeks)
+    n, seed, weeks = int(rows), int(seed), int(weeks)
+    cities = _TRIP_CITIES
+    nc = len(cities)
+    day0 = date.fromisoformat(start)
+    n_days = 7 * weeks
+    start_days = (day0 - date(1970, 1, 1)).days
+    t0 = start_days * 86400 - 14 * 3600  # the earliest instant of the first local day anywhere
+    t1 = (start_days + n_days) * 86400 + 12 * 3600
+    net = _trip_network()
+    weather_ss, trip_ss = np.random.SeedSequence([seed, 0x7219]).spawn(2)
+
+    # -- daily weather per city (calendar days, one spare before and after) -------------------
+    wrng = np.random.default_rng(weather_ss)
+    g_days = start_days - 1 + np.arange(n_days + 2)
+    g_doy = _doy(g_days)
+    wet_p = np.clip(
+        net.wet[:, None]
+        + net.wet_amp[:, None]
+        * np.cos(2 * np.pi * (g_doy[None, :] - net.wet_peak[:, None]) / 365.25),
+        0.01,
+        0.95,
+    )
+    wet = wrng.random((nc, g_days.size)) < wet_p
+    amount = wrng.gamma(0.9, 1.0, (nc, g_days.size)) * (net.wet_mm[:, None] / 0.9)
+    precip_grid = np.round(np.where(wet, np.minimum(amount, 250.0), 0.0), 1)
+
+    rng = np.random.default_rng(trip_ss)
+    # -- where: origin, destination, hubs, points ---------------------------------------------
+    oc = np.searchsorted(net.origin_cum, rng.random(n) * net.origin_cum[-1], side="right")
+    oc = np.minimum(oc, nc - 1)
+    dc = _pick(net.dest_flat, oc, rng.random(n), nc)
+    ohub = net.hub_start[oc] + (rng.random(n) * net.n_hubs[oc]).astype(np.int64)
+    dhub = net.hub_start[dc] + (rng.random(n) * net.n_hubs[dc]).astype(np.int64)
+    o_lat, o_lon = _jitter(rng, net.hub_lat[ohub], net.hub_lon[ohub], 8.0)
+    d_lat, d_lon = _jitter(rng, net.hub_lat[dhub], net.hub_lon[dhub], 8.0)
+    dist = haversine_km_array(o_lat, o_lon, d_lat, d_lon)
+    same_land = net.land[oc] == net.land[dc]
+    has_rail = net.rail_kmh[oc] > 0
+
+    # -- mode ---------------------------------------------------------------------------------
+    x = dist / 1500.0
+    p_truck = np.where(same_land & (dist <= 1500.0), 0.78 - 0.38 * x, 0.0)
+    p_rail = np.where(
+        same_land & has_rail,
+        np.where(dist <= 1500.0, 0.10 + 0.15 * x, np.where(dist <= 2500.0, 0.40, 0.0)),
+        0.0,
+    )
+    u = rng.random(n)
+    mode = np.where(u < p_truck, _TRUCK, np.where(u < p_truck + p_rail, _RAIL, _AIR))
+
+    # -- when: local day and hour at the origin -> instant and offset --------------------------
+    k = np.arange(n_days)
+    k_doy = _doy(start_days + k)
+    day_w = (
+        _TRIP_DOW[:, (start_days + k + 3) % 7]
+        * (1.0 + 0.15 * k / max(n_days - 1, 1))
+        * (1.0 + 0.2 * _peak(k_doy))
+    )
+    day_cum = np.cumsum(day_w, axis=1)
+    hour_cum = np.cumsum(_TRIP_HOURS, axis=1)
+    ud, uh = rng.random(n), rng.random(n)
+    day = np.empty(n, dtype=np.int64)
+    hour = np.empty(n, dtype=np.int64)
+    for m in (_TRUCK, _RAIL, _AIR):  # over the three modes
+        sel = mode == m
+        day[sel] = np.searchsorted(day_cum[m], ud[sel] * day_cum[m, -1], side="right")
+        hour[sel] = np.searchsorted(hour_cum[m], uh[sel] * hour_cum[m, -1], side="right")
+    day = np.minimum(day, n_days - 1)
+    hour = np.minimum(hour, 23)
+    minute = rng.integers(0, 60, n)
+    naive = (start_days + day) * 86400 + hour * 3600 + minute * 60
+    zone = net.zone_of_city[oc]
+    o1 = net.offset_at(zone, naive, t0, t1)
+    o2 = net.offset_at(zone, naive - o1, t0, t1)
+    utc = naive - o2
+    off = net.offset_at(zone, utc, t0, t1)  # the true offset at that instant (DST gaps move on)
+    local = utc + off
+    order = np.argsort(utc, kind="stable")
+
+    ldays = local // 86400
+    H = (local % 86400) / 3600.0
+    dow = (ldays + 3) % 7
+    doy = _doy(ldays)
+    wk = dow >= 5
+    frac = (utc - start_days * 86400) / (n_days * 86400)
+    precip = precip_grid[oc, np.clip(ldays - start_days + 1, 0, g_days.size - 1)]
+    peak = _peak(doy)
+    winter = np.maximum(0.0, np.cos(2 * np.pi * (doy - 15) / 365.25))
+    snow = net.cold[oc] * winter * np.minimum(precip / 8.0, 1.5)
+    rain = np.minimum(precip / 25.0, 2.0)
+    land = net.land[oc]
+
+    # -- carrier ------------------------------------------------------------------------------
+    key = (3 * (frac >= _NOVA_FROM) + mode) * len(_LAND) + land  # Nova Freight: late rows
+    carrier = _pick(net.carrier_flat, key, rng.random(n), len(_CARRIERS))
+
+    # -- load: pallets, weight, stops, customs ------------------------------------------------
+    ftl = rng.random(n) < 0.35
+    pallets = np.where(
+        mode == _AIR,
+        np.minimum(1 + rng.poisson(1.8, n), 12),
+        np.where(
+            mode == _RAIL,
+            10 + rng.binomial(30, 0.6, n),
+            np.where(ftl, 33 - rng.binomial(8, 0.3, n), 1 + rng.binomial(14, 0.3, n)),
+        ),
+    ).astype(np.int64)
+    per_pallet = np.where(
+        mode == _AIR, rng.lognormal(np.log(250.0), 0.5, n), rng.lognormal(np.log(400.0), 0.45, n)
+    )
+    weight = np.round(pallets * np.clip(per_pallet, 60.0, 1000.0), 1)
+    intercont = ~same_land
+    stops = np.where(
+        mode == _TRUCK,
+        np.minimum(rng.poisson(np.where(ftl, 0.3, 0.9)), 6),
+        np.where(
+            mode == _RAIL,
+            np.minimum(rng.poisson(0.2, n), 2),
+            rng.binomial(2, np.where(intercont & (dist > 6000.0), 0.25, 0.08)),
+        ),
+    ).astype(np.int64)
+    cross = net.customs[oc] != net.customs[dc]
+    checks = cross * (1 + (rng.random(n) < 0.3)) + rng.poisson(np.where(cross, 0.2, 0.1))
+    checks = np.minimum(checks, 5).astype(np.int64)
+
+    # -- durations (hours) --------------------------------------------------------------------
+    c_speed = net.c_speed[carrier]
+    hm = net.hub_eff[ohub] * net.c_handling[carrier] * (1.0 + 0.25 * wk) * (1.0 + 0.15 * peak)
+    customs_h = rng.gamma(np.maximum(2.0 * checks, 1e-9), 0.9) * (checks > 0)
+    closed = (checks > 0) & (((dow == 4) & (H >= 14.0)) | (dow == 5))
+    border_h = np.where(closed & (mode != _AIR), rng.uniform(8.0, 20.0, n), 0.0)
+    cny = np.where((net.land[oc] == net.land_code["cn"]) & (doy >= 25) & (doy <= 45), 18.0, 0.0)
+    eps = np.exp(0.10 * np.clip(rng.standard_t(4.0, n), -4.0, 6.0)) * (1.0 + 0.08 * frac)
+
+    # truck
+    road = dist * (net.detour[oc] + rng.uniform(0.0, 0.08, n)) + 18.0 * stops
+    night = (H >= 21.0) | (H < 5.0)
+    v = net.truck_kmh[oc] * c_speed * np.where(night, 1.06, 1.0) / (1.0 + 0.35 * snow + 0.05 * rain)
+    drive = road / v
+    team = rng.random(n) < net.c_team[carrier]
+    rest = np.where(team, 0.08 * drive, 11.0 * np.maximum(drive - 9.0, 0.0) / 9.0 + drive / 6.0)
+    rush = ~wk & (((H >= 7.0) & (H < 9.5)) | ((H >= 16.0) & (H < 19.0)))
+    truck_ground = (
+        (0.5 + 0.06 * pallets) * hm
+        + 0.4
+        + 0.04 * pallets
+        + stops * 0.6
+        + rng.exponential(0.3, n) * stops
+        + np.where(rush, net.congestion[oc], 0.0)
+        + customs_h
+        + border_h
+        + cny
+    )
+    truck_h = (drive + rest) * (0.5 + 0.5 * eps) + truck_ground * eps
+    # the Sunday driving ban: hours of the trip (local week hours) inside Sunday 00-22
+    s0 = dow * 24.0 + H
+    s1 = s0 + truck_h
+    ban = sum(np.maximum(0.0, np.minimum(s1, b + 22.0) - np.maximum(s0, b)) for b in (144.0, 312.0))
+    truck_h = truck_h + np.where(land == net.land_code["eu"], ban, 0.0)
+
+    # rail
+    rail_wait = (8.0 - H) % 12.0
+    rail_run = 1.2 * dist / (np.maximum(net.rail_kmh[oc], 1.0) * c_speed) * (1.0 + 0.15 * snow)
+    rail_ground = (3.0 + 0.08 * pallets) * hm + 3.0 + 0.05 * pallets + customs_h + border_h + cny
+    rail_h = rail_wait + (rail_run + rail_ground) * eps
+
+    # air
+    air_wait = (7.0 - H) % 8.0 + 3.0
+    flight = (1.06 * dist / (830.0 * c_speed) + 0.6) * rng.uniform(0.96, 1.06, n)
+    layover = stops * 2.0 + rng.gamma(np.maximum(stops, 1e-9), 1.5) * (stops > 0)
+    storm = np.where((precip > 20.0) & (rng.random(n) < 0.4), rng.gamma(2.0, 2.0, n), 0.0)
+    air_ground = (
+        (1.5 + 0.0004 * weight) * hm
+        + 2.5
+        + 0.0003 * weight
+        + customs_h
+        + storm
+        + 1.5 * snow
+        + 0.5 * cny
+        + np.where((carrier == _SKYBRIDGE) & (frac >= _SKYBRIDGE_FROM), _SKYBRIDGE_EXTRA_H, 0.0)
+    )
+    air_h = air_wait + flight + (layover + air_ground) * eps
+
+    hours = np.where(mode == _TRUCK, truck_h, np.where(mode == _RAIL, rail_h, air_h))
+    anomaly = rng.random(n) < _TRIP_ANOMALY_SHARE
+    hours = hours + np.where(anomaly, rng.uniform(6.0, 36.0, n), 0.0)
+    floor = np.maximum(_TRIP_MIN_MINUTES, 60.0 * dist / _TRIP_FASTEST_KMH)
+    minutes = np.round(np.clip(60.0 * hours, floor, _TRIP_MAX_MINUTES), 1)
+
+    checks_null = rng.random(n) < _TRIP_NULL_CUSTOMS
+
+    # -- the table, sorted by the departure instant -------------------------------------------
+    o = order
+    arrays: list[pa.Array] = [
+        _ids(n, "t"),
+        pa.array(o_lat[o], type=pa.float64()),
+        pa.array(o_lon[o], type=pa.float64()),
+        pa.array(d_lat[o], type=pa.float64()),
+        pa.array(d_lon[o], type=pa.float64()),
+        _iso_strings(local[o], off[o]),
+        pa.array(TRIP_MODES, type=pa.string()).take(pa.array(mode[o])),
+        pa.array(TRIP_CARRIERS, type=pa.string()).take(pa.array(carrier[o])),
+        pa.array(net.hub_code, type=pa.string()).take(pa.array(ohub[o])),
+        pa.array(weight[o], type=pa.float64()),
+        pa.array(pallets[o], type=pa.int64()),
+        pa.array(stops[o], type=pa.int64()),
+        pa.array(checks[o], type=pa.int64(), mask=checks_null[o]),
+        pa.array(precip[o], type=pa.float64()),
+        pa.array(minutes[o], type=pa.float64()),
+    ]
+    return pa.Table.from_arrays(arrays, schema=TRIP_SCHEMA)
+
+
+@dataclass(frozen=True, slots=True)
+class _TripNetwork:
+    land_code: dict[str, int]
+    land: np.ndarray  # per city: land group code
+    customs: np.ndarray  # per city: customs area code
+    truck_kmh: np.ndarray
+    detour: np.ndarray
+    rail_kmh: np.ndarray
+    congestion: np.ndarray
+    cold: np.ndarray
+    wet: np.ndarray
+    wet_amp: np.ndarray
+    wet_peak: np.ndarray
+    wet_mm: np.ndarray
+    origin_cum: np.ndarray
+    dest_flat: np.ndarray  # P(destination | origin) as :func:`_pick` wants it
+    n_hubs: np.ndarray
+    hub_start: np.ndarray
+    hub_lat: np.ndarray
+    hub_lon: np.ndarray
+    hub_eff: np.ndarray
+    hub_code: tuple[str, ...]
+    c_speed: np.ndarray
+    c_handling: np.ndarray
+    c_team: np.ndarray
+    carrier_flat: np.ndarray  # P(carrier | period, mode, land group) for :func:`_pick`
+    zone_of_city: np.ndarray
+    zone_names: tuple[str, ...]
+
+    def offset_at(self, zone: np.ndarray, t: np.ndarray, t0: int, t1: int) -> np.ndarray:
+        """UTC offset (seconds) of each row's zone at instant ``t`` (within ``t0 .. t1``)."""
+        keys, offs = _zone_transitions(self.zone_names, t0 - 3 * 86400, t1 + 3 * 86400)
+        pos = np.searchsorted(keys, zone * _ZONE_KEY + t, side="right") - 1
+        return offs[pos]
+
+
+_ZONE_KEY = 1 << 36  # zone index * this + epoch seconds: one sorted key over every zone
+_TRIP_NETWORK: list[_TripNetwork] = []
+
+
+def _trip_network() -> _TripNetwork:
+    """The fixed network: cities, hubs, carriers and the trip choice tables (cached)."""
+    if _TRIP_NETWORK:
+        return _TRIP_NETWORK[0]
+    cities = _TRIP_CITIES
+    nc = len(cities)
+    lands = list(_LAND)
+    land_code = {g: i for i, g in enumerate(lands)}
+    areas = sorted({c.customs for c in cities})
+    lat = np.array([c.lat for c in cities])
+    lon = np.array([c.lon for c in cities])
+    w = np.array([c.weight for c in cities])
+    land = np.array([land_code[c.land] for c in cities])
+    dist = haversine_km_array(
+        np.repeat(lat, nc), np.repeat(lon, nc), np.tile(lat, nc), np.tile(lon, nc)
+    ).reshape(nc, nc)
+    same = land[:, None] == land[None, :]
+    attract = w[None, :] * np.where(same, 1.6 * np.exp(-dist / 1000.0), 0.015)
+    np.fill_diagonal(attract, 0.0)
+
+    hrng = np.random.default_rng(_HUB_SEED)
+    n_hubs = np.array([c.hubs for c in cities])
+    hub_start = np.concatenate([[0], np.cumsum(n_hubs)[:-1]])
+    hub_city = np.repeat(np.arange(nc), n_hubs)
+    hub_lat, hub_lon = _jitter(hrng, lat[hub_city], lon[hub_city], 12.0)
+    hub_eff = hrng.lognormal(0.0, 0.15, hub_city.size)
+    hub_code = tuple(f"{cities[c].code}-{i - hub_start[c] + 1}" for i, c in enumerate(hub_city))
+
+    nl, ncar = len(lands), len(_CARRIERS)
+
+    def shares(nova: float) -> np.ndarray:
+        s = np.zeros((3 * nl, ncar))
+        for j, car in enumerate(_CARRIERS):
+            for g in range(nl):
+                if car.mode == _AIR or lands[g] in car.lands:
+                    s[car.mode * nl + g, j] = car.share
+        eu_truck = _TRUCK * nl + land_code["eu"]
+        s[eu_truck] *= (1.0 - nova) / s[eu_truck].sum()
+        s[eu_truck, _NOVA] = nova
+        # air: Orient Wings is stronger from Asian origins, Polar Air from North America
+        for asian in ("cn", "sea", "jp", "kr", "in", "me"):
+            s[_AIR * nl + land_code[asian], TRIP_CARRIERS.index("Orient Wings")] *= 2.5
+        s[_AIR * nl + land_code["na"], TRIP_CARRIERS.index("Polar Air")] *= 2.0
+        tot = s.sum(axis=1, keepdims=True)
+        return np.where(tot > 0, s / np.where(tot > 0, tot, 1.0), 1.0 / ncar)
+
+    zone_names = tuple(sorted({c.timezone for c in cities}))
+    got = _TripNetwork(
+        land_code=land_code,
+        land=land,
+        customs=np.array([areas.index(c.customs) for c in cities]),
+        truck_kmh=np.array([_LAND[c.land][0] for c in cities]),
+        detour=np.array([_LAND[c.land][1] for c in cities]),
+        rail_kmh=np.array([_LAND[c.land][2] for c in cities]),
+        congestion=np.array([c.congestion for c in cities]),
+        cold=np.array([c.cold for c in cities]),
+        wet=np.array([c.wet for c in cities]),
+        wet_amp=np.array([c.wet_amp for c in cities]),
+        wet_peak=np.array([float(c.wet_peak) for c in cities]),
+        wet_mm=np.array([c.wet_mm for c in cities]),
+        origin_cum=np.cumsum(w),
+        dest_flat=_flat_cum(attract),
+        n_hubs=n_hubs,
+        hub_start=hub_start,
+        hub_lat=hub_lat,
+        hub_lon=hub_lon,
+        hub_eff=hub_eff,
+        hub_code=hub_code,
+        c_speed=np.array([c.speed for c in _CARRIERS]),
+        c_handling=np.array([c.handling for c in _CARRIERS]),
+        c_team=np.array([c.team for c in _CARRIERS]),
+        carrier_flat=_flat_cum(np.concatenate([shares(0.0), shares(_NOVA_SHARE)])),
+        zone_of_city=np.array([zone_names.index(c.timezone) for c in cities]),
+        zone_names=zone_names,
+    )
+    _TRIP_NETWORK.append(got)
+    return got
+
+
+_TRANSITIONS: dict[tuple[tuple[str, ...], int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _zone_transitions(zones: tuple[str, ...], t0: int, t1: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted keys ``zone * _ZONE_KEY + start`` and the offset from each start on.
+
+    Offsets are sampled daily over ``t0 .. t1`` and each change is located to the minute
+    (loops over days and zones, never rows); cached per period.
+    """
+    got = _TRANSITIONS.get((zones, t0, t1))
+    if got is not None:
+        return got
+
+    def off(tz: ZoneInfo, t: int) -> int:
+        delta = datetime.fromtimestamp(t, UTC).astimezone(tz).utcoffset()
+        return int(delta.total_seconds()) if delta is not None else 0
+
+    keys: list[int] = []
+    offs: list[int] = []
+    for zi, name in enumerate(zones):
+        tz = ZoneInfo(name)
+        prev = off(tz, t0)
+        keys.append(zi * _ZONE_KEY + t0)
+        offs.append(prev)
+        for t in range(t0 + 86400, t1 + 86400, 86400):
+            cur = off(tz, t)
+            if cur == prev:
+                continue
+            lo, hi = t - 86400, t  # offset(lo) == prev, offset(hi) == cur: bisect to the minute
+            while hi - lo > 60:
+                mid = (lo + hi) // 2
+                if off(tz, mid) == prev:
+                    lo = mid
+                else:
+                    hi = mid
+            keys.append(zi * _ZONE_KEY + hi)
+            offs.append(cur)
+            prev = cur
+    got = (np.array(keys, dtype=np.int64), np.array(offs, dtype=np.int64))
+    _TRANSITIONS[(zones, t0, t1)] = got
+    return got
+
+
+def _flat_cum(weights: np.ndarray) -> np.ndarray:
+    """Row ``r`` of ``weights`` (rows of choice weights) as ``r + cumulative shares``, flat:
+    one non-decreasing array, so :func:`_pick` serves every row with one searchsorted."""
+    cum = np.cumsum(weights / weights.sum(axis=1, keepdims=True), axis=1)
+    cum[:, -1] = 1.0
+    return (np.arange(weights.shape[0])[:, None] + cum).ravel()
+
+
+def _pick(flat: np.ndarray, row: np.ndarray, u: np.ndarray, k: int) -> np.ndarray:
+    """A choice among ``k`` per element: row ``row`` of :func:`_flat_cum`, uniform ``u``."""
+    idx = np.searchsorted(flat, row + u, side="right") - row * k
+    return np.minimum(idx, k - 1)
+
+
+def _doy(days: np.ndarray) -> np.ndarray:
+    """Day of the year (0-based) of days since 1970-01-01."""
+    d64 = np.asarray(days).astype("datetime64[D]")
+    return (d64 - d64.astype("datetime64[Y]")).astype(np.int64)
+
+
+def _peak(doy: np.ndarray) -> np.ndarray:
+    """The pre-Christmas peak season: 1 in early December, fading over Nov and late Dec."""
+    return np.exp(-0.5 * ((doy - 340.0) / 18.0) ** 2)
+
+
+def _jitter(
+    rng: np.random.Generator, lat: np.ndarray, lon: np.ndarray, sigma_km: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Points N(0, sigma²) km around (lat, lon), rounded to 5 decimals (~1 m)."""
+    m = lat.size
+    out_lat = lat + rng.normal(0.0, 1.0, m) * sigma_km / _KM_PER_DEG_LAT
+    out_lon = lon + rng.normal(0.0, 1.0, m) * sigma_km / (_KM_PER_DEG_LAT * np.cos(np.radians(lat)))
+    return np.round(out_lat, 5), np.round(out_lon, 5)
+
+
+def _ids(n: int, prefix: str) -> pa.Array:
+    """``prefix`` + a zero-padded 1-based row number (at least 7 digits)."""
+    width = max(7, len(str(n)))
+    buf = np.empty((n, width + 1), dtype=np.uint8)
+    buf[:, 0] = ord(prefix)
+    _digits(buf, 1, np.arange(1, n + 1), width)
     return _string_array(buf)

@@ -35,10 +35,10 @@ _MIN_HOLDOUT_ROWS = 50
 class TrainSettings:
     holdout_fraction: float = 0.2
     valid_fraction: float = 0.1
-    accuracy_threshold: float = 5.0
+    accuracy_threshold: float | None = None  # None: the spec's target.tolerance
     quality_threshold: float = 80.0
     objective: str = "huber"
-    huber_delta: float = 10.0
+    huber_delta: float | None = None  # None: the spec's target.huber_delta (2 × tolerance)
     num_leaves: int = 63
     learning_rate: float = 0.08
     max_rounds: int = 1500
@@ -58,8 +58,10 @@ class TrainSettings:
             raise bad("holdout_fraction", "must be within [0.01, 0.5]")
         if not 0.01 <= self.valid_fraction <= 0.5:
             raise bad("valid_fraction", "must be within [0.01, 0.5]")
-        if not self.accuracy_threshold > 0:
-            raise bad("accuracy_threshold", "must be > 0 minutes")
+        if self.accuracy_threshold is not None and not self.accuracy_threshold > 0:
+            raise bad("accuracy_threshold", "must be > 0 (in the target's unit)")
+        if self.huber_delta is not None and not self.huber_delta > 0:
+            raise bad("huber_delta", "must be > 0 (in the target's unit)")
         if not 0 <= self.quality_threshold <= 100:
             raise bad("quality_threshold", "must be within [0, 100]")
         if self.objective not in ("regression", "huber", "regression_l1", "fair"):
@@ -87,6 +89,11 @@ class Prepared:
     train_idx: np.ndarray
     valid_idx: np.ndarray
     holdout_idx: np.ndarray
+    rows: np.ndarray  # int64 [n]: the input table's row of each X row
+
+    @property
+    def tolerance(self) -> float:
+        return self.pipe.spec.goal.tolerance
 
     def time_range(self, idx: np.ndarray) -> tuple[str, str]:
         from datetime import UTC, datetime
@@ -135,7 +142,8 @@ def prepare(
     tr, va, ho = time_split(n, settings.holdout_fraction, settings.valid_fraction)
     if len(ho) < _MIN_HOLDOUT_ROWS:
         raise DataError(f"holdout has {len(ho)} rows; use more data or a larger --holdout-fraction")
-    return Prepared(pipe, conv, X, y, cols.utc, tr, va, ho)
+    rows = np.flatnonzero(conv.valid)[order]
+    return Prepared(pipe, conv, X, y, cols.utc, tr, va, ho, rows)
 
 
 @dataclass
@@ -149,7 +157,7 @@ class TrainResult:
 
 
 def _params(
-    s: TrainSettings, objective: str, leaves: int, alpha: float | None = None
+    s: TrainSettings, objective: str, leaves: int, alpha: float | None = None, delta: float = 10.0
 ) -> dict[str, Any]:
     p: dict[str, Any] = {
         "objective": objective,
@@ -169,7 +177,7 @@ def _params(
         "num_threads": s.threads,
     }
     if objective == "huber":
-        p["alpha"] = s.huber_delta
+        p["alpha"] = s.huber_delta if s.huber_delta is not None else delta
         p["metric"] = "l1"
     if alpha is not None:
         p["alpha"] = alpha
@@ -210,7 +218,9 @@ def fit_models(prep: Prepared, settings: TrainSettings, out: TextIO | None = Non
     dvalid = lgb.Dataset(X[va], y[va], reference=dtrain)
     lo, hi = settings.quantiles
     jobs = {
-        "eta": _params(settings, settings.objective, settings.num_leaves),
+        "eta": _params(
+            settings, settings.objective, settings.num_leaves, delta=prep.pipe.spec.goal.delta
+        ),
         "p10": _params(settings, "quantile", settings.quantile_num_leaves, lo),
         "p90": _params(settings, "quantile", settings.quantile_num_leaves, hi),
     }
@@ -253,14 +263,16 @@ def evaluate_prepared(
     eta = preds["eta"]
     lo = np.minimum(preds["p10"], eta)
     hi = np.maximum(preds["p90"], eta)
-    thr = settings.accuracy_threshold
+    goal = prep.pipe.spec.goal
+    thr = settings.accuracy_threshold if settings.accuracy_threshold is not None else goal.tolerance
     h0, h1 = prep.time_range(ho)
     metrics = {
         "holdout": {
             "rows": len(ho),
             "from": h0,
             "to": h1,
-            "accuracy_threshold_minutes": thr,
+            "accuracy_tolerance": thr,
+            "unit": goal.unit,
         },
         "model": {**point_metrics(y[ho], eta, thr), **interval_metrics(y[ho], lo, hi)},
         "baselines": base.evaluate(dist[ho], y[ho], thr),
@@ -273,11 +285,12 @@ def evaluate_prepared(
 def metrics_table(metrics: dict[str, Any]) -> str:
     """A short table: the model against the naive baselines on the holdout."""
     h = metrics["holdout"]
-    thr = h["accuracy_threshold_minutes"]
+    thr = h["accuracy_tolerance"]
+    unit = {"minutes": "min", "hours": "h", "seconds": "s"}.get(h.get("unit", "minutes"), "")
     rows = [("model", metrics["model"]), *list(metrics["baselines"].items())]
     lines = [
         f"holdout: {h['rows']} rows, {h['from'][:19]} .. {h['to'][:19]} (latest by event time)",
-        f"{'':16} {'MAE':>7} {'RMSE':>7} {'p90 AE':>7} {f'±{thr:g}min':>8} {'cover':>6}",
+        f"{'':16} {'MAE':>7} {'RMSE':>7} {'p90 AE':>7} {f'±{thr:g}{unit}':>8} {'cover':>6}",
     ]
     for name, m in rows:
         cov = f"{m['coverage'] * 100:5.1f}%" if "coverage" in m else f"{'-':>6}"

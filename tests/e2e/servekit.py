@@ -46,7 +46,6 @@ ENV_VARS = (
     "ENABLE_DRIFT_DETECTION",
     "ENABLE_AB_TESTING",
     "QUALITY_THRESHOLD",
-    "ACCURACY_THRESHOLD_MINUTES",
     "LOG_LEVEL",
     "MODEL_ALIAS",
     "ADMIN_TOKEN",
@@ -82,18 +81,21 @@ def _train(data: Path, registry: Path, spec_path: Path | None, promote: bool) ->
     capture stream by now (see tests/conftest.py, ``stderr_at_call_time``).
     """
     from kernels.spec import load_spec
+    from server.models import served_check
     from training.job import train_job
     from training.registry import Registry
     from training.train import TrainSettings
 
     out = io.StringIO()
+    reg = Registry(registry)
     res = train_job(
         data,
         load_spec(spec_path),
-        Registry(registry),
+        reg,
         TrainSettings(max_rounds=60, num_leaves=15, seed=0),
         promote=promote,
         out=out,
+        served_check=served_check(reg),
     )
     assert res.version is not None, out.getvalue()
     return res.version

@@ -90,8 +90,9 @@ def test_extremes_poles_antimeridian_missing() -> None:
 
 def test_parallel_equals_serial() -> None:
     c = random_columns(np.random.default_rng(1), 5000)
-    a = np.empty((5000, 19), np.float32)
-    b = np.empty((5000, 19), np.float32)
+    a = np.empty((5000, 21), np.float32)
+    b = np.empty((5000, 21), np.float32)
+    every_time_feature = np.ones(4, np.bool_)
     args = (
         c.pickup_lat,
         c.pickup_lon,
@@ -101,6 +102,7 @@ def test_parallel_equals_serial() -> None:
         c.offset,
         c.cats,
         c.nums,
+        every_time_feature,
     )
     build_features(*args, a)
     build_features_parallel(*args, b)

@@ -67,7 +67,9 @@ def test_issue_format_parses_and_matches_default() -> None:
         ("items_count", False),
         ("prep_minutes", True),
     ]
-    assert spec.hash == default_spec().hash  # key defaults to order_id
+    # key defaults to order_id; `target = "..."` takes the delivery defaults of [target];
+    # the default spec's clock is the generated city's zone
+    assert parse_spec(ISSUE_SPEC.replace('"UTC"', '"Europe/Berlin"')).hash == default_spec().hash
     assert spec.required_columns[-1] == "items_count"
     assert "prep_minutes" not in spec.required_columns
     assert len(spec.feature_names) == 19
@@ -88,10 +90,83 @@ def test_hash_changes_with_content_and_roundtrips() -> None:
     assert spec_from_dict(b.to_dict()) == b
 
 
+NO_TARGET = MINIMAL.replace('target = "minutes"\n', "")
+
+REVERSED = (
+    MINIMAL
+    + """
+[categorical]
+zone = []
+vehicle = ["bike", "van"]
+[numeric]
+weight = { min = 0, max = 9 }
+items = { min = 1, max = 5, optional = true }
+"""
+)
+
+
+def test_column_order_survives_json_with_sorted_keys_and_is_in_the_hash() -> None:
+    import json
+
+    spec = parse_spec(REVERSED)
+    assert [c.name for c in spec.categorical] == ["zone", "vehicle"]
+    assert spec.feature_names[-4:] == ("zone", "vehicle", "weight", "items")
+    # the manifest is written with sort_keys=True: order must come back unchanged
+    back = spec_from_dict(json.loads(json.dumps(spec.to_dict(), sort_keys=True)))
+    assert back.feature_names == spec.feature_names
+    assert back.hash == spec.hash
+    swapped = parse_spec(
+        REVERSED.replace(
+            'zone = []\nvehicle = ["bike", "van"]', 'vehicle = ["bike", "van"]\nzone = []'
+        )
+    )
+    assert swapped.feature_names[-4:-2] == ("vehicle", "zone")
+    assert swapped.hash != spec.hash
+
+
+def test_target_table_and_time_features() -> None:
+    text = MINIMAL.replace('target = "minutes"', "").replace(
+        'event_time = "ts"',
+        'event_time = "ts"\ntime_features = ["day_of_year", "hour"]\n'
+        'categorical_case = "lower"\n'
+        '[target]\nname = "hours_taken"\nunit = "hours"\nmin = 0.5\nmax = 200\n'
+        "max_speed_kmh = 900\ntolerance = 0.5\n",
+    )
+    spec = parse_spec(text)
+    g = spec.goal
+    assert (g.name, g.unit, g.min, g.max, g.max_speed_kmh, g.tolerance) == (
+        "hours_taken",
+        "hours",
+        0.5,
+        200.0,
+        900.0,
+        0.5,
+    )
+    assert g.delta == 1.0 and g.minutes == 60.0 and spec.target == "hours_taken"
+    # chosen time features, always in the canonical order
+    assert spec.time_columns == ("hour_sin", "hour_cos", "doy_sin", "doy_cos")
+    assert spec.normalize_level("  Bike ") == "bike"
+    assert spec_from_dict(spec.to_dict()) == spec
+
+
 @pytest.mark.parametrize(
     ("text", "needle"),
     [
         ("name = ", "not valid TOML"),
+        (NO_TARGET + '[target]\nname = "m"\nunit = "days"\n', "$.target.unit"),
+        (NO_TARGET + '[target]\nname = "m"\nmax_speed_kmh = 0\n', "$.target.max_speed_kmh"),
+        (NO_TARGET + '[target]\nname = "m"\nmin = 9\nmax = 2\n', "min < max"),
+        (NO_TARGET + '[target]\nname = "m"\ntolerance = -1\n', "$.target.tolerance"),
+        (
+            MINIMAL.replace(
+                'event_time = "ts"', 'event_time = "ts"\ntime_features = ["hour", "moon"]'
+            ),
+            "$.time_features",
+        ),
+        (
+            MINIMAL.replace('event_time = "ts"', 'event_time = "ts"\ncategorical_case = "upper"'),
+            "$.categorical_case",
+        ),
         (MINIMAL + "\nextra = 1\n", "extra"),
         (MINIMAL.replace('event_time = "ts"', ""), "event_time"),
         (MINIMAL.replace('lat = "a_lat"', "lat = 5"), "$.pickup.lat"),

@@ -567,6 +567,54 @@ def test_openapi_documents_the_strict_request_body(client: Any) -> None:
     assert not any(p.startswith("/v1/admin") for p in doc["paths"])  # no ADMIN_TOKEN here
 
 
+# ---- one clock: the same instant in any encoding, on every route -----------------------------
+
+
+def test_one_instant_one_eta_on_every_route(client: Any) -> None:
+    """The model's spec zone is Europe/Berlin: 12:30+01:00, 11:30Z, 06:30-05:00, the
+    naive Berlin wall clock 12:30 and epoch 1795692600 are one instant and one ETA on
+    /v1/predict, /v1/predict/batch and V2 (BYTES strings and INT64 epoch seconds)."""
+    encodings: list[Any] = [
+        "2026-11-26T12:30:00+01:00",
+        "2026-11-26T11:30:00Z",
+        "2026-11-26T06:30:00-05:00",
+        "2026-11-26T12:30:00",
+        1795692600,
+    ]
+    rows = [{**ROW, "created_at": e} for e in encodings]
+    single = [post_json(client, "/v1/predict", r).json()["eta_minutes"] for r in rows]
+    batch = post_json(client, "/v1/predict/batch", {"deliveries": rows}).json()
+    etas = [p["eta_minutes"] for p in batch["predictions"]]
+
+    def tensor(name: str, dt: str, data: list[Any]) -> dict[str, Any]:
+        return {"name": name, "shape": [len(data)], "datatype": dt, "data": data}
+
+    def v2(times: list[Any], dt: str) -> list[float]:
+        inputs = [
+            tensor(k, "BYTES" if isinstance(v, str) else "FP64", [v] * len(times))
+            for k, v in ROW.items()
+            if k != "created_at"
+        ] + [tensor("created_at", dt, times)]
+        r = post_json(client, "/v2/models/eta/infer", {"inputs": inputs})
+        assert r.status_code == 200, r.text
+        return next(o["data"] for o in r.json()["outputs"] if o["name"] == "eta_minutes")
+
+    v2_text = v2(encodings[:4], "BYTES")
+    v2_epoch = v2([encodings[4]], "INT64")
+    assert len(set(single + etas + v2_text + v2_epoch)) == 1, (single, etas, v2_text, v2_epoch)
+    # and another instant really is another ETA (the hour moved by 5 h)
+    later = post_json(client, "/v1/predict", {**ROW, "created_at": "2026-11-26T17:30:00+01:00"})
+    assert later.json()["eta_minutes"] != single[0]
+
+
+def test_categorical_values_are_trimmed_over_http_as_in_files(client: Any) -> None:
+    a = post_json(client, "/v1/predict", {**ROW, "vehicle_type": "bike"}).json()
+    b = post_json(client, "/v1/predict", {**ROW, "vehicle_type": "  bike "}).json()
+    assert a["eta_minutes"] == b["eta_minutes"]
+    r = post_json(client, "/v1/predict", {**ROW, "vehicle_type": "   "})
+    assert r.status_code == 422 and "vehicle_type" in r.text
+
+
 # ---- KServe V2 error paths (the happy path runs against a real server in tests/e2e) --------
 
 

@@ -82,7 +82,6 @@ def test_env_example_is_a_working_env_file(tmp_path: Path) -> None:
         ("ENABLE_DRIFT_DETECTION", "maybe"),
         ("QUALITY_THRESHOLD", "high"),
         ("QUALITY_THRESHOLD", "120"),
-        ("ACCURACY_THRESHOLD_MINUTES", "0"),
         ("DATABASE_URL", "mysql://x"),
         ("LOG_LEVEL", "LOUD"),
         ("RATE_LIMIT_PER_MINUTE", "-1"),

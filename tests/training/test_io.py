@@ -70,7 +70,7 @@ def test_bad_rows_are_refused_with_reasons() -> None:
     assert "pickup_lat: 95 outside [-90, 90]" in r[2]
     assert "pickup_lat: missing" in r[3] and "items_count: 0 outside [1, 500]" in r[3]
     # epoch seconds as text are fine; an unknown level maps to 'unknown'; the target is impossible
-    assert r[4] == "actual_minutes: not a duration in (0, 1440] minutes"
+    assert r[4] == "actual_minutes: not a duration in (0, 1440] minutes (the spec's target.max)"
     assert r[5] == "vehicle_type: missing"
     assert c.checks == {"type": 2, "range": 2, "missing": 2, "impossible": 1}
 

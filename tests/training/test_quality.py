@@ -240,7 +240,7 @@ def test_negative_durations_fail_impossible() -> None:
     r = assess(replace(t, "actual_minutes", y), SPEC)
     imp = next(c for c in r.checks if c.name == "impossible_durations")
     assert imp.score == 0
-    assert "600 <= 0 or > 24 h" in imp.detail
+    assert "600 <= 0 or > target.max (1440 minutes)" in imp.detail
     assert check(r, "validity") == 100
     assert check(r, "completeness") == 100
     assert r.score < 80
@@ -253,8 +253,8 @@ def test_too_long_and_too_short_durations() -> None:
     y[100:200] = 0.5  # < 1 minute
     r = assess(replace(t, "actual_minutes", y), SPEC)
     imp = next(c for c in r.checks if c.name == "impossible_durations")
-    assert "100 <= 0 or > 24 h" in imp.detail
-    assert "100 under 1 min" in imp.detail
+    assert "100 <= 0 or > target.max (1440 minutes)" in imp.detail
+    assert "100 under target.min (1 minutes)" in imp.detail
     assert imp.score == pytest.approx(share_score(0.10), abs=0.01)
 
 
@@ -266,7 +266,7 @@ def test_impossible_speeds_fail_impossible() -> None:
     r = assess(replace(t, "dropoff_lat", lat), SPEC)
     imp = next(c for c in r.checks if c.name == "impossible_durations")
     assert imp.score == 0
-    assert "600 faster than 150 km/h" in imp.detail
+    assert "600 faster than target.max_speed_kmh (150 km/h)" in imp.detail
     assert check(r, "validity") == 100
     assert r.score < 80
 
@@ -345,7 +345,7 @@ def test_time_coverage_needs_more_than_a_day() -> None:
     r = assess(clean_table(days=0.25), SPEC)
     cov = next(c for c in r.checks if c.name == "time_coverage")
     assert cov.score < PASS_MARK
-    assert "more than 1 day" in cov.detail
+    assert "need more than one bucket" in cov.detail
     assert not r.passed
     ok = assess(clean_table(days=3), SPEC)
     assert check(ok, "time_coverage") == 100
@@ -473,3 +473,17 @@ def test_score_always_within_bounds(table: pa.Table, min_rows: int, max_age: flo
     assert [c.name for c in r.checks] == NAMES
     json.dumps(r.to_dict(), allow_nan=False)
     assert r.format()
+
+
+def test_time_coverage_follows_the_data_cadence() -> None:
+    # a row every ~2.4 days over two years: no calendar day has two rows, most have none;
+    # on the data's own cadence that is full coverage
+    sparse = clean_table(n=300, days=730.0)
+    cov = next(c for c in assess(sparse, SPEC, min_rows=100).checks if c.name == "time_coverage")
+    assert cov.score == 100.0, cov.detail
+    assert "buckets (the data's cadence)" in cov.detail
+    # the same cadence with a year-long hole in the middle is not covered
+    t = sparse.column("created_at").to_numpy()
+    holed = replace(sparse, "created_at", np.where(t > T0 + 180 * DAY, t + 365 * DAY, t))
+    cov2 = next(c for c in assess(holed, SPEC, min_rows=100).checks if c.name == "time_coverage")
+    assert cov2.score < cov.score

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import re
 from datetime import UTC, datetime
+from importlib import resources
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -15,8 +17,23 @@ import pytest
 
 from kernels.errors import ConfigError, DataError
 from kernels.geo import haversine_km_array
-from kernels.spec import default_spec
-from training.synth import COLUMNS, SCHEMA, VEHICLES, WEATHERS, generate, write_table
+from kernels.spec import default_spec, load_spec, parse_spec
+from server.cli import main as cli_main
+from training.quality import assess
+from training.synth import (
+    _TRIP_CITIES,
+    COLUMNS,
+    SCHEMA,
+    TRIP_CARRIERS,
+    TRIP_COLUMNS,
+    TRIP_MODES,
+    TRIP_SCHEMA,
+    VEHICLES,
+    WEATHERS,
+    generate,
+    generate_trips,
+    write_table,
+)
 
 BERLIN = ZoneInfo("Europe/Berlin")
 
@@ -266,3 +283,179 @@ def test_bad_suffix_and_unwritable_path_raise_data_error(tmp_path: Path) -> None
     with pytest.raises(DataError) as err:
         write_table(tb, blocker / "d.parquet")  # parent is a file
     assert "\n" not in str(err.value)
+
+
+# ---- long trips ------------------------------------------------------------------------------
+
+TRIPS_TOML = Path(__file__).resolve().parents[2] / "kernels" / "trips.toml"
+TRIP_ZONES = {c.code: ZoneInfo(c.timezone) for c in _TRIP_CITIES}
+
+
+@pytest.fixture(scope="module")
+def trips() -> pa.Table:
+    """20k trips over the default 52 weeks."""
+    return generate_trips(20_000, seed=5)
+
+
+@pytest.fixture(scope="module")
+def trip_cols(trips: pa.Table) -> dict[str, np.ndarray]:
+    cols = {c: trips.column(c).to_numpy(zero_copy_only=False) for c in trips.column_names}
+    times = [datetime.fromisoformat(s) for s in cols["departed_at"]]
+    cols["_utc"] = np.array([t.timestamp() for t in times])
+    cols["_local_hour"] = np.array([t.hour + t.minute / 60.0 for t in times])
+    cols["_dist"] = haversine_km_array(
+        cols["origin_lat"], cols["origin_lon"], cols["dest_lat"], cols["dest_lon"]
+    )
+    return cols
+
+
+def test_trips_same_seed_same_table_other_seed_other_table() -> None:
+    a = generate_trips(3_000, seed=11)
+    assert a.equals(generate_trips(3_000, seed=11))
+    c = generate_trips(3_000, seed=12)
+    assert not a.equals(c)
+    assert a.column("duration_minutes") != c.column("duration_minutes")
+    assert generate_trips(0).num_rows == 0
+    assert generate_trips(1, seed=3).column("trip_id")[0].as_py() == "t0000001"
+
+
+def test_trips_spec_loads_by_path_and_bundled_name() -> None:
+    spec = load_spec("trips")
+    assert spec == load_spec(TRIPS_TOML) == load_spec(str(TRIPS_TOML))
+    assert resources.files("kernels").joinpath("trips.toml").is_file()  # package data
+    assert (spec.name, spec.key, spec.event_time, spec.timezone) == (
+        "trips",
+        "trip_id",
+        "departed_at",
+        "UTC",
+    )
+    assert spec.time_features == ("hour", "day_of_week", "weekend", "day_of_year")
+    g = spec.goal
+    assert (g.name, g.unit, g.max_speed_kmh, g.tolerance) == (
+        "duration_minutes",
+        "minutes",
+        950,
+        30,
+    )
+    cats = [c.name for c in spec.categorical]
+    nums = [n.name for n in spec.numeric]
+    assert cats == ["mode", "carrier", "origin_hub"] and cats != sorted(cats)
+    assert nums == ["weight_kg", "pallets", "stops", "customs_checks", "precip_mm"]
+    assert nums != sorted(nums)
+    assert TRIPS_TOML.read_text().index("[numeric]") < TRIPS_TOML.read_text().index("[categorical]")
+    assert [n.name for n in spec.numeric if n.optional] == ["customs_checks"]
+    levels = {c.name: c.levels for c in spec.categorical}
+    assert levels == {"mode": TRIP_MODES, "carrier": (), "origin_hub": ()}
+
+
+def test_trips_columns_match_the_trips_spec(trips: pa.Table) -> None:
+    spec = load_spec("trips")
+    assert trips.schema == TRIP_SCHEMA
+    assert trips.column_names == list(TRIP_COLUMNS)
+    assert trips.column_names == [spec.key, *spec.input_columns, spec.target]
+    assert set(np.unique(trips.column("mode").to_numpy(zero_copy_only=False))) == set(TRIP_MODES)
+    carriers = set(trips.column("carrier").to_pylist())
+    assert carriers <= set(TRIP_CARRIERS) and len(carriers) >= 12
+    hubs = set(trips.column("origin_hub").to_pylist())
+    assert 30 <= len(hubs) <= 45 and all(h[:3] in TRIP_ZONES for h in hubs)
+    assert 0.10 < trips.column("customs_checks").null_count / trips.num_rows < 0.14
+
+
+def test_trips_distances_durations_and_speeds(trip_cols: dict[str, np.ndarray]) -> None:
+    spec = load_spec("trips")
+    g = spec.goal
+    d, m, mode = trip_cols["_dist"], trip_cols["duration_minutes"], trip_cols["mode"]
+    assert d.min() > 150.0 and d.max() < 20_000.0  # hundreds to thousands of km
+    assert 500.0 < np.median(d) < 5_000.0 and np.mean(d > 5_000.0) > 0.1
+    assert np.all((m >= 60.0) & (m <= 6_000.0))
+    assert np.all((m >= g.min) & (m <= g.max))
+    assert 600.0 < np.median(m) < 3_000.0  # hours to days
+    speed = d / (m / 60.0)
+    assert g.max_speed_kmh is not None and speed.max() < g.max_speed_kmh
+    assert d[mode == "truck"].max() <= 1_500.0  # trucks only under ~1500 km
+    assert d[mode == "rail"].max() <= 2_500.0
+    assert np.median(d[mode == "air"]) > 2_000.0
+    assert np.median(speed[mode == "air"]) > 2.0 * np.median(speed[mode == "truck"])
+    for k in ("truck", "rail", "air"):
+        assert np.mean(mode == k) > 0.08
+
+
+def test_trips_departed_at_carries_each_origins_offset(trip_cols: dict[str, np.ndarray]) -> None:
+    strings = trip_cols["departed_at"]
+    offsets = {s[-6:] for s in strings}
+    assert len(offsets) >= 10  # several zones, DST on both sides of the Atlantic
+    assert {"+05:30", "+09:00", "-05:00", "-08:00", "+01:00", "+02:00"} <= offsets
+    for s, hub in zip(strings[::41], trip_cols["origin_hub"][::41], strict=True):
+        t = datetime.fromisoformat(s)
+        assert t.astimezone(TRIP_ZONES[hub[:3]]).isoformat() == s  # the origin's wall clock
+        assert s.endswith(":00" + s[-6:])  # whole minutes
+    utc = trip_cols["_utc"]
+    assert np.all(np.diff(utc) >= 0), "rows are sorted by the departure instant"
+    assert list(strings) != sorted(strings)  # ... which is not text order
+    assert (utc.max() - utc.min()) / 86_400 > 350  # about a year
+
+
+def test_trips_local_time_effects(trip_cols: dict[str, np.ndarray]) -> None:
+    """Air freight waits for the next cut-off (07, 15, 23 local): handing it in just before
+    a cut-off is hours faster than just after it, on every origin's own clock."""
+    air = trip_cols["mode"] == "air"
+    h, m = trip_cols["_local_hour"], trip_cols["duration_minutes"]
+    before = air & (((h >= 6.0) & (h < 7.0)) | ((h >= 14.0) & (h < 15.0)))
+    after = air & (((h >= 7.0) & (h < 8.0)) | ((h >= 15.0) & (h < 16.0)))
+    assert np.median(m[after]) > np.median(m[before]) + 4 * 60
+    rail = trip_cols["mode"] == "rail"  # trains leave at 08:00 and 20:00 local
+    assert (
+        np.median(m[rail & (h >= 8.0) & (h < 10.0)])
+        > np.median(m[rail & (h >= 6.0) & (h < 8.0)]) + 6 * 60
+    )
+
+
+def test_trips_drift_over_the_period(trip_cols: dict[str, np.ndarray]) -> None:
+    utc = trip_cols["_utc"]
+    f = (utc - utc.min()) / (utc.max() - utc.min())
+    nova = trip_cols["carrier"] == "Nova Freight"
+    assert not nova[f < 0.7].any() and nova[f > 0.8].mean() > 0.02  # a carrier enters late
+    # Skybridge Cargo moves its sorting to a remote hub after 55 % of the period
+    m, air = trip_cols["duration_minutes"], trip_cols["mode"] == "air"
+    sky = trip_cols["carrier"] == "Skybridge Cargo"
+
+    def growth(sel: np.ndarray) -> float:
+        return float(np.median(m[sel & (f > 0.6)]) / np.median(m[sel & (f < 0.5)]))
+
+    assert growth(air & sky) > growth(air & ~sky) + 0.07
+
+
+def test_trips_pass_the_quality_gate_and_fail_a_slow_speed_limit(trips: pa.Table) -> None:
+    report = assess(trips, load_spec("trips"))
+    assert report.passed and report.score >= 80, report.format()
+    text = TRIPS_TOML.read_text(encoding="utf-8")
+    slow_text = re.sub(r"(?m)^max_speed_kmh = 950\b", "max_speed_kmh = 150", text)
+    assert slow_text != text
+    slow = parse_spec(slow_text, "trips-150.toml")
+    assert slow.goal.max_speed_kmh == 150
+    bad = assess(trips, slow)
+    assert not bad.passed, bad.format()
+    check = next(c for c in bad.checks if c.name == "impossible_durations")
+    assert not check.passed and "max_speed_kmh" in check.detail
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"rows": -1}, {"rows": 10, "seed": -2}, {"rows": 10, "weeks": 0}]
+)
+def test_trips_bad_arguments_raise_config_error(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ConfigError):
+        generate_trips(**kwargs)  # type: ignore[arg-type]
+
+
+def test_cli_generate_kind(tmp_path: Path) -> None:
+    out = tmp_path / "t.parquet"
+    assert (
+        cli_main(["generate", "--kind", "trips", "--rows", "400", "--seed", "2", "--out", str(out)])
+        == 0
+    )
+    assert pq.read_table(out).equals(generate_trips(400, seed=2))
+    out2 = tmp_path / "d.parquet"
+    assert cli_main(["generate", "--rows", "300", "--seed", "2", "--out", str(out2)]) == 0
+    assert pq.read_table(out2).equals(generate(300, seed=2))  # deliveries by default
+    with pytest.raises(SystemExit):
+        cli_main(["generate", "--kind", "boats", "--rows", "3", "--out", str(out2)])
