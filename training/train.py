@@ -122,9 +122,15 @@ def prepare(
     settings: TrainSettings,
     levels: dict[str, tuple[str, ...]] | None = None,
 ) -> Prepared:
-    """Validate rows, learn categorical levels, featurise, sort by time and split."""
+    """Validate rows, learn categorical levels, featurise, sort by time and split.
+
+    Learned levels (``levels`` None) come from the training and early-stopping rows only,
+    never from the holdout: a value first seen in the holdout period is 'unknown' there,
+    as it will be in production.
+    """
     settings.validate()
-    if levels is None:
+    learn = levels is None
+    if levels is None:  # provisional levels: they decide nothing about validity
         levels = learn_levels(table, spec, min_count=settings.min_level_count)
     pipe = Pipeline(spec, levels)
     conv = to_columns(table, pipe, with_target=True)
@@ -135,14 +141,20 @@ def prepare(
             f"only {n} valid rows (of {table.num_rows}); training needs at least {need}"
         )
     order = np.argsort(conv.columns.utc, kind="stable")
-    cols = conv.columns.take(order)
-    assert conv.target is not None
-    y = conv.target[order]
-    X = pipe.matrix(cols)
     tr, va, ho = time_split(n, settings.holdout_fraction, settings.valid_fraction)
     if len(ho) < _MIN_HOLDOUT_ROWS:
         raise DataError(f"holdout has {len(ho)} rows; use more data or a larger --holdout-fraction")
     rows = np.flatnonzero(conv.valid)[order]
+    if learn and any(c.learned for c in spec.categorical):
+        seen = table.take(rows[: n - len(ho)])
+        pipe = Pipeline(spec, learn_levels(seen, spec, min_count=settings.min_level_count))
+        valid = conv.valid
+        conv = to_columns(table, pipe, with_target=True)
+        assert np.array_equal(conv.valid, valid)  # learned levels never refuse a row
+    cols = conv.columns.take(order)
+    assert conv.target is not None
+    y = conv.target[order]
+    X = pipe.matrix(cols)
     return Prepared(pipe, conv, X, y, cols.utc, tr, va, ho, rows)
 
 

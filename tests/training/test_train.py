@@ -1,0 +1,31 @@
+"""prepare(): the time-ordered split and where learned levels come from."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from kernels.spec import default_spec
+from training.synth import generate
+from training.train import TrainSettings, prepare
+
+
+def test_learned_levels_never_come_from_the_holdout() -> None:
+    spec = default_spec()
+    table = generate(3000, seed=5)  # sorted by event time
+    zones = np.array(table.column("zone").to_pylist(), dtype=object)
+    n = len(zones)
+    zones[-200:] = "Brand-New-District"  # only in the latest rows: the holdout period
+    table = table.set_column(table.schema.get_field_index("zone"), "zone", pa.array(zones))
+    prep = prepare(table, spec, TrainSettings())
+    assert len(prep.holdout_idx) == 600
+    assert "Brand-New-District" not in prep.pipe.levels["zone"]
+    # those rows are featurised with the unknown code, as production would see them
+    z = spec.feature_names.index("zone")
+    unknown = prep.pipe.unknown_code("zone")
+    late = np.isin(prep.rows, np.arange(n - 200, n))
+    assert (prep.X[late, z] == unknown).all()
+    # the same value in the training rows is learned
+    zones[:200] = "Brand-New-District"
+    table = table.set_column(table.schema.get_field_index("zone"), "zone", pa.array(zones))
+    assert "Brand-New-District" in prepare(table, spec, TrainSettings()).pipe.levels["zone"]
