@@ -4,10 +4,13 @@ Bodies are read raw and decoded once by msgspec against the spec's strict struct
 (Litestar's own decoding is lax: it accepts ``"52.5"`` for a float and ``"NaN"``),
 so every bad input gets a 4xx naming the field. Responses are pre-encoded bytes.
 
-Routes: ``POST /v1/predict``, ``POST /v1/predict/batch``, ``GET /v1/models``,
-``GET /health/live``, ``GET /health/ready``, ``GET /metrics``, the Open Inference
-Protocol (KServe V2) under ``/v2``, and ``/v1/admin/{reload,promote,rollback}`` when
-``ADMIN_TOKEN`` is set.
+Routes: ``POST /v1/predict``, ``POST /v1/predict/batch``, ``POST /v1/feedback``,
+``GET /v1/models``, ``GET /health/live``, ``GET /health/ready``, ``GET /metrics``, the Open
+Inference Protocol (KServe V2) under ``/v2``, and ``/v1/admin/{reload,promote,rollback}``
+when ``ADMIN_TOKEN`` is set.
+
+Every answered prediction is logged off the hot path (server.recorder: one row per
+predicted row, queued without I/O, written in batches; ``PREDICTION_LOG=off`` logs none).
 """
 
 from __future__ import annotations
@@ -47,10 +50,14 @@ from kernels.errors import (
 )
 from server import metrics
 from server.config import Settings, load_settings
+from server.feedback import Feedback, FeedbackAccepted, accepted, batch_struct, completed_epoch
 from server.holder import ModelHolder
 from server.logs import configure_logging
 from server.microbatch import MicroBatcher
 from server.models import LoadedModel
+from server.monitoring.routes import monitoring
+from server.recorder import Recorder
+from server.store import SchemaVersionError, StoreDataError
 from training.registry import Registry
 
 __all__ = ["create_app"]
@@ -70,6 +77,8 @@ STATUS: dict[type[BaseException], tuple[int, str]] = {
     DataError: (422, "data_error"),
     ConfigError: (400, "bad_request"),
     ModelLoadError: (503, "model_unavailable"),
+    # before StoreError: the rows themselves were refused (e.g. a NUL character in a text)
+    StoreDataError: (422, "data_error"),
     StoreError: (503, "store_unavailable"),
     InferenceError: (500, "inference_error"),
 }
@@ -143,6 +152,13 @@ def _rid(request: Request[Any, Any, Any]) -> str:
         rid = given if 0 < len(given) <= 128 and given.isprintable() else _new_rid()
         request.scope["_rid"] = rid  # type: ignore[typeddict-unknown-key]
     return str(rid)
+
+
+def _ids(request: Request[Any, Any, Any]) -> tuple[str, str]:
+    """``(request id, unique id)``: the unique id is the request id when the server made
+    it, a fresh one when the client sent its own (which need not be unique)."""
+    rid = _rid(request)
+    return rid, (_new_rid() if rid == request.headers.get("x-request-id") else rid)
 
 
 def _handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
@@ -288,10 +304,13 @@ class _Edge:
         app: Litestar,
         limiter: _Buckets | None,
         fast: dict[str, Callable[..., Awaitable[None]]] | None = None,
+        recorder: Recorder | None = None,
     ) -> None:
         self.app = app
         self.limiter = limiter
         self.fast = fast or {}
+        #: the store and prediction log of the app (None outside create_app)
+        self.recorder = recorder
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(
@@ -385,6 +404,9 @@ def _schema(js: dict[str, Any], defs: dict[str, Any]) -> Schema:
         ("minLength", "min_length"),
         ("maxLength", "max_length"),
         ("maxItems", "max_items"),
+        ("minItems", "min_items"),
+        ("exclusiveMinimum", "exclusive_minimum"),
+        ("exclusiveMaximum", "exclusive_maximum"),
         ("format", "format"),
         ("enum", "enum"),
         ("title", "title"),
@@ -432,6 +454,11 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
     spec = holder.model.pipe.spec
     Item = spec.request_struct
     max_batch = int(settings.max_batch_size)
+    # the store and the prediction log: opened by the lifespan (on_startup)
+    rec = Recorder(settings)
+    log_on = rec.enabled
+    # live quality and drift: timers over the store, gauges, /v1/monitoring/*
+    mon = monitoring(settings, holder, rec)
 
     # built with defstruct: the item type exists only at run time (it comes from the spec)
     BatchRequest = msgspec.defstruct(
@@ -489,15 +516,20 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
     batcher = MicroBatcher(settings.micro_batch_max)
     batch_latency = metrics.PREDICTION_LATENCY.labels("batch")
 
-    async def read_json(scope: Any, receive: Receive) -> tuple[bytes, str]:
-        """Body and request id of a JSON POST, straight from ASGI (one header pass)."""
+    async def read_json(scope: Any, receive: Receive) -> tuple[bytes, str, str | None]:
+        """Body, request id and (when the server made the request id) that id again, of a
+        JSON POST, straight from ASGI (one header pass)."""
         ct, given = b"", b""
         for k, v in scope["headers"]:
             if k == b"content-type":
                 ct = v
             elif k == b"x-request-id":
                 given = v
-        rid = given.decode("latin-1") if 0 < len(given) <= 128 else _new_rid()
+        own: str | None = None
+        if 0 < len(given) <= 128:
+            rid = given.decode("latin-1")
+        else:
+            rid = own = _new_rid()
         scope["_rid"] = rid
         if scope["method"] != "POST":
             raise HTTPException(status_code=405, detail=f"{scope['method']} not allowed; use POST")
@@ -514,7 +546,7 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
             if len(body) > max_body:
                 raise HTTPException(status_code=413, detail="request body too large")
             if not msg.get("more_body", False):
-                return body, rid
+                return body, rid, own
 
     async def send_json(send: Send, payload: bytes, rid: str) -> None:
         headers = [
@@ -532,7 +564,7 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
     # POST /v1/predict is also answered in front of Litestar by _Edge (same handler,
     # same error table): the router and middleware were 15 us of a ~95 us request.
     async def predict_one(scope: Any, receive: Receive, send: Send) -> None:
-        body, rid = await read_json(scope, receive)
+        body, rid, own = await read_json(scope, receive)
         item = dec_one.decode(body)
         model = holder.model
         assert model is not None
@@ -540,7 +572,10 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
         X = model.pipe.row(item, np.empty((1, model.pipe.n_features), dtype=np.float32))
         eta, p10, p90 = await batcher.predict(model, X)
         single_latency.observe(time.perf_counter() - t0)
-        out = Prediction(getattr(item, key), eta, p10, p90, model.version, rid)
+        order = getattr(item, key)
+        if log_on:
+            rec.submit_one(rid, own or _new_rid(), order, body, X, eta, p10, p90, model.version)
+        out = Prediction(order, eta, p10, p90, model.version, rid)
         qs = scope.get("query_string", b"")
         if qs:
             flag = parse_qs(qs.decode("latin-1")).get("explain", [""])[-1].lower()
@@ -552,7 +587,7 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
 
     @asgi("/v1/predict/batch", copy_scope=False)
     async def predict_batch(scope: Any, receive: Receive, send: Send) -> None:
-        body, rid = await read_json(scope, receive)
+        body, rid, own = await read_json(scope, receive)
         try:
             batch = dec_batch.decode(body)
         except msgspec.ValidationError as exc:
@@ -564,18 +599,29 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
         model = holder.model
         assert model is not None
         t0 = time.perf_counter()
+        uid = (own or _new_rid()) if log_on else ""
 
-        def run() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-            return model.predict(model.pipe.matrix(model.pipe.columns(items)))
+        def run() -> tuple[list[str], list[float], list[float], list[float], list[Any]]:
+            X = model.pipe.matrix(model.pipe.columns(items))
+            eta, p10, p90 = model.predict(X)
+            orders = [getattr(it, key) for it in items]
+            e, lo, hi = eta.tolist(), p10.tolist(), p90.tolist()
+            logged: list[Any] = []
+            if log_on:  # each row's input exactly as sent
+                raw = dec_raw.decode(body).deliveries  # type: ignore[attr-defined]
+                sent = [bytes(r).decode() for r in raw]
+                logged = rec.rows(rid, uid, orders, sent, X, e, lo, hi, model.version)
+            return orders, e, lo, hi, logged
 
         # small batches inline; big ones off the event loop so other requests keep flowing
-        eta, p10, p90 = run() if len(items) <= 256 else await asyncio.to_thread(run)
+        orders, eta, p10, p90, logged = run() if len(items) <= 256 else await asyncio.to_thread(run)
         batch_latency.observe(time.perf_counter() - t0)
         metrics.BATCH_ROWS.observe(len(items))
+        if logged:
+            rec.submit(logged)
         v = model.version
         preds = [
-            BatchItem(getattr(it, key), e, lo, hi, v)
-            for it, e, lo, hi in zip(items, eta.tolist(), p10.tolist(), p90.tolist(), strict=True)
+            BatchItem(o, e, lo, hi, v) for o, e, lo, hi in zip(orders, eta, p10, p90, strict=True)
         ]
         await send_json(send, _enc.encode(BatchResponse(preds, len(preds), v, rid)), rid)
 
@@ -583,11 +629,76 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
     async def live() -> dict[str, str]:
         return {"status": "alive"}
 
+    Batch = batch_struct(max_batch)
+    dec_feedback_keys = msgspec.json.Decoder(dict[str, msgspec.Raw])
+    dec_feedback_one = msgspec.json.Decoder(Feedback)
+    dec_feedback_batch = msgspec.json.Decoder(Batch)
+    dec_feedback_raw = msgspec.json.Decoder(list[msgspec.Raw])
+
+    def feedback_rows(body: bytes) -> list[Feedback]:
+        """The rows of a feedback body; 422 naming every bad row and field."""
+        keys = dec_feedback_keys.decode(body)  # must be an object
+        if "feedback" not in keys:
+            return [dec_feedback_one.decode(body)]
+        try:
+            return list(dec_feedback_batch.decode(body).feedback)  # type: ignore[attr-defined]
+        except msgspec.ValidationError as exc:
+            errs: list[ErrorItem] = []
+            try:
+                raws = dec_feedback_raw.decode(keys["feedback"])
+            except msgspec.ValidationError:
+                raws = []
+            if len(raws) > max_batch:
+                errs.append(
+                    ErrorItem(
+                        "$.feedback",
+                        f"Expected at most {max_batch} rows (MAX_BATCH_SIZE), got {len(raws)}",
+                    )
+                )
+            else:
+                for i, r in enumerate(raws):
+                    try:
+                        dec_feedback_one.decode(r)
+                    except msgspec.ValidationError as e:
+                        errs.append(_split_msgspec(str(e), f"$.feedback[{i}]"))
+            errs = errs or [_split_msgspec(str(exc))]
+            raise _ApiError(
+                422, "validation_error", f"{len(errs)} invalid feedback rows; none stored", errs
+            ) from None
+
+    @post("/v1/feedback", status_code=202, tags=["feedback"], include_in_schema=False)
+    async def feedback(request: Request[Any, Any, Any]) -> Response[bytes]:
+        ct = request.headers.get("content-type", "")
+        if not ct.lower().startswith(JSON):
+            raise _ApiError(
+                415,
+                "unsupported_media_type",
+                f"Content-Type must be {JSON}, got {ct or 'none'!r}",
+            )
+        rows = feedback_rows(await request.body())
+        result = await rec.write_feedback(
+            [(r.order_id, r.actual_minutes, completed_epoch(r.completed_at)) for r in rows]
+        )
+        return Response(
+            _enc.encode(accepted(len(rows), result)),
+            status_code=202,
+            media_type=JSON,
+            headers={"x-request-id": _rid(request)},
+        )
+
+    def is_ready() -> bool:
+        return holder.ready and holder.model is not None and rec.ready
+
     @get("/health/ready", tags=["health"])
     async def ready() -> Response[dict[str, Any]]:
         m = holder.model
-        ok = holder.ready and m is not None
-        body = {"ready": ok, "model_version": m.version if m else None}
+        ok = is_ready()
+        body = {
+            "ready": ok,
+            "model_version": m.version if m else None,
+            # "spooling": the database did not answer at start-up; rows wait in SPOOL_PATH
+            "store": "open" if rec.store_open else ("spooling" if rec.ready else "starting"),
+        }
         return Response(body, status_code=200 if ok else 503)
 
     @get("/v1/models", tags=["models"])
@@ -615,12 +726,16 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
 
     @get("/metrics", media_type=metrics.CONTENT_TYPE, tags=["monitoring"], include_in_schema=False)
     async def prometheus() -> Response[bytes]:
+        rec.publish()
         return Response(metrics.render(), media_type=metrics.CONTENT_TYPE)
 
-    handlers: list[Any] = [predict, predict_batch, live, ready, models, prometheus]
+    handlers: list[Any] = [predict, predict_batch, feedback, live, ready, models, prometheus]
+    handlers += mon.handlers
     from server.kserve import kserve_routes
 
-    handlers += kserve_routes(holder, spec, max_batch)
+    handlers += kserve_routes(
+        holder, spec, max_batch, recorder=rec if log_on else None, ids=_ids, ready=is_ready
+    )
 
     if settings.admin_token:
         token = settings.admin_token
@@ -704,7 +819,14 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
         await holder.reload(reason)
 
     async def on_startup() -> None:
+        # migrations now; a database newer than this code stops start-up here
+        try:
+            await rec.start()
+        except SchemaVersionError as exc:
+            log.critical("cannot start: %s", exc, extra={"event": "store_schema_newer"})
+            raise
         tasks.append(asyncio.create_task(holder.watch(settings.reload_interval_s)))
+        tasks.extend(asyncio.create_task(loop()) for loop in mon.loops)
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop = asyncio.get_running_loop()
             loop.add_signal_handler(
@@ -714,6 +836,7 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
     async def on_shutdown() -> None:
         for t in tasks:
             t.cancel()
+        await rec.close()  # every queued prediction to the store, or the spool
         log.info("shut down")
 
     app = Litestar(
@@ -730,7 +853,7 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
         ),
         debug=False,
     )
-    _document(app, Item, BatchRequest)
+    _document(app, Item, BatchRequest, Batch)
     limiter = (
         _Buckets(settings.rate_limit_per_minute) if settings.rate_limit_per_minute > 0 else None
     )
@@ -738,11 +861,11 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
     # full collections walked it every few seconds under load (85-115 ms pauses)
     gc.collect()
     gc.freeze()
-    return _Edge(app, limiter, fast={"/v1/predict": predict_one})
+    return _Edge(app, limiter, fast={"/v1/predict": predict_one}, recorder=rec)
 
 
-def _document(app: Litestar, item: Any, batch: Any) -> None:
-    """Add the ASGI prediction routes to the generated OpenAPI document."""
+def _document(app: Litestar, item: Any, batch: Any, feedback_batch: Any) -> None:
+    """Add the raw-body routes (predictions, feedback) to the generated OpenAPI document."""
     from litestar._openapi.plugin import OpenAPIPlugin
     from litestar.openapi.spec import OpenAPIResponse as OAResponse
     from litestar.openapi.spec import Parameter, PathItem
@@ -788,4 +911,31 @@ def _document(app: Litestar, item: Any, batch: Any) -> None:
     paths["/v1/predict/batch"] = PathItem(
         post=op(batch, BatchResponse, "ETAs for many deliveries, in order", "V1PredictBatch")
     )
+    fb = op(Feedback, FeedbackAccepted, "Actual delivery times", "V1Feedback")
+    fb.tags = ["feedback"]
+    fb.description = (
+        'One row, or {"feedback": [rows]} (up to MAX_BATCH_SIZE). Answered 202 once every '
+        "row is durable: committed in the database, or in the spool while it is down."
+    )
+    fb.request_body = RequestBody(
+        content={
+            JSON: OpenAPIMediaType(
+                schema=Schema(any_of=[schema_of(Feedback), schema_of(feedback_batch)])
+            )
+        },
+        required=True,
+    )
+    assert fb.responses is not None
+    fb.responses = {
+        "202": OAResponse(
+            description="stored",
+            content={JSON: OpenAPIMediaType(schema=schema_of(FeedbackAccepted))},
+        ),
+        **{k: v for k, v in fb.responses.items() if k != "200"},
+        "503": OAResponse(
+            description="neither the database nor the spool could store the rows; resend",
+            content={JSON: OpenAPIMediaType(schema=schema_of(ErrorResponse))},
+        ),
+    }
+    paths["/v1/feedback"] = PathItem(post=fb)
     doc.paths = paths

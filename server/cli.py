@@ -298,6 +298,57 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quality(args: argparse.Namespace) -> int:
+    """Live quality per model version and arm, from the feedback in DATABASE_URL."""
+    import asyncio
+
+    from kernels.errors import ModelLoadError
+    from server.models import model_spec
+    from server.monitoring.quality import (
+        DEFAULT_WINDOWS,
+        format_snapshot,
+        lookback_for,
+        parse_windows,
+        quality_snapshot,
+        tolerance_minutes_for,
+    )
+    from server.store import open_store
+
+    windows = parse_windows(args.window or DEFAULT_WINDOWS, "--window")
+    if args.tolerance is not None and not args.tolerance > 0:
+        raise ConfigError(f"--tolerance={args.tolerance!r}: must be > 0 minutes")
+    settings = _settings()
+    reg = _registry(args)
+    try:
+        version = reg.resolve(args.model)
+        spec = model_spec(reg.manifest(version), version)
+    except ModelLoadError as e:
+        if args.tolerance is None:
+            raise ConfigError(
+                f"no tolerance: cannot read model {args.model!r} ({e}); pass --tolerance MINUTES"
+            ) from None
+        spec = load_spec(None)  # the delivery spec's domain for the lookback
+    tolerance = tolerance_minutes_for(spec) if args.tolerance is None else args.tolerance
+    tenant = args.tenant or settings.tenant_id
+
+    async def snapshot() -> Any:
+        async with await open_store(settings.database_url) as store:
+            return await quality_snapshot(
+                store,
+                tenant,
+                tolerance_minutes=tolerance,
+                windows=windows,
+                lookback_s=lookback_for(spec),
+            )
+
+    snap = asyncio.run(snapshot())
+    if args.json:
+        print(json.dumps(snap.to_dict(), indent=2))
+    else:
+        print(format_snapshot(snap))
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Check a model is there, then run the app on granian (ASGI)."""
     import atexit
@@ -342,6 +393,85 @@ def cmd_serve(args: argparse.Namespace) -> int:
         workers_kill_timeout=30,
     ).serve()
     return 0
+
+
+def cmd_feedback(args: argparse.Namespace) -> int:
+    """``feedback import FILE``: actual times of a CSV/Parquet file into DATABASE_URL."""
+    import asyncio
+
+    from tqdm import tqdm
+
+    from server.feedback import import_feedback, row_count
+    from server.store import open_store
+
+    settings = _settings()
+
+    async def run() -> Any:
+        async with await open_store(settings.database_url) as store:
+            with tqdm(
+                total=row_count(args.file), unit=" rows", disable=args.quiet, file=sys.stderr
+            ) as bar:
+                return await import_feedback(
+                    args.file,
+                    store,
+                    settings.tenant_id,
+                    batch_rows=args.batch_rows,
+                    rejects=args.rejects,
+                    progress=bar.update,
+                )
+
+    report = asyncio.run(run())
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        *refused, totals = report.format().splitlines()
+        for line in refused:
+            print(line, file=sys.stderr)
+        print(totals)
+    return EXIT_QUALITY if report.bad else 0
+
+
+def cmd_drift(args: argparse.Namespace) -> int:
+    """Drift of the served model's logged inputs against its training reference."""
+    import asyncio
+
+    from server.monitoring.drift import (
+        drift_snapshot,
+        format_snapshot,
+        parse_cycles,
+        promoted_at,
+    )
+    from server.monitoring.quality import parse_window
+    from server.store import open_store
+
+    window = parse_window(args.window, "--window")
+    cycles = parse_cycles(args.cycle, "--cycle")
+    settings = _settings()
+    reg = _registry(args)
+    version = reg.resolve(args.model)
+    manifest = reg.manifest(version)
+    since = promoted_at(reg, args.model, version) if args.model != version else None
+    tenant = args.tenant or settings.tenant_id
+
+    async def snapshot() -> Any:
+        async with await open_store(settings.database_url) as store:
+            return await drift_snapshot(
+                store,
+                manifest,
+                tenant,
+                window.seconds,
+                version=version,
+                serving_since=since,
+                limit=args.limit,
+                cycles=cycles,
+            )
+
+    snap = asyncio.run(snapshot())
+    if args.json:
+        print(json.dumps(snap.to_dict(), indent=2))
+    else:
+        print(format_snapshot(snap))
+    return EXIT_QUALITY if snap.verdict == "drift" else 0
 
 
 # ---- parser ------------------------------------------------------------------------------------
@@ -477,6 +607,79 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reg_opt(v2)
     v2.set_defaults(fn=cmd_serve)
+
+    fb = sub.add_parser("feedback", help="actual delivery times: import them from a file")
+    fb_sub = fb.add_subparsers(dest="feedback_command", required=True, metavar="ACTION")
+    fi = fb_sub.add_parser(
+        "import",
+        help="store a CSV/Parquet file of order_id, actual_minutes, completed_at in DATABASE_URL",
+        description="Upsert the actual times of FILE (columns order_id, actual_minutes, "
+        "completed_at: ISO 8601 with an offset, or epoch seconds) into DATABASE_URL for "
+        "TENANT_ID. Refused rows are listed with their row number and reason; exit status 3 "
+        "when there were some (the others are stored).",
+    )
+    fi.add_argument("file", help="FILE.csv or FILE.parquet")
+    fi.add_argument(
+        "--batch-rows", type=_positive_int, default=10_000, help="rows per read and write"
+    )
+    fi.add_argument("--rejects", help="refused rows and why (default: FILE.rejects.csv)")
+    fi.add_argument("--quiet", action="store_true", help="no progress bar")
+    fi.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    fi.set_defaults(fn=cmd_feedback)
+
+    q = sub.add_parser(
+        "quality", help="live quality per model version and arm, from feedback in DATABASE_URL"
+    )
+    q.add_argument(
+        "--window",
+        action="append",
+        help="trailing window on the feedback's completion time, e.g. 15m, 1h, 24h, 7d "
+        "(repeat for several; default: 1h, 24h and 7d)",
+    )
+    q.add_argument("--tenant", help="default: $TENANT_ID")
+    q.add_argument(
+        "--model",
+        default="production",
+        help="version or alias whose spec gives the accuracy tolerance (default production)",
+    )
+    q.add_argument(
+        "--tolerance",
+        type=float,
+        help="accuracy tolerance in minutes (default: the model spec's target.tolerance; "
+        "needed when there is no model)",
+    )
+    q.add_argument("--json", action="store_true", help="print the snapshot as JSON on stdout")
+    reg_opt(q)
+    q.set_defaults(fn=cmd_quality)
+
+    dr = sub.add_parser(
+        "drift",
+        help="drift of the logged inputs against the model's training reference",
+        description="Compare the feature rows logged in DATABASE_URL for the model's version "
+        "over the last WINDOW with the reference histograms of its manifest: PSI, critical "
+        "value and flag per feature, the verdict (insufficient data under 500 rows, ok, "
+        "drift) and the score (largest flagged PSI). Exit status 3 on drift.",
+    )
+    dr.add_argument("--window", default="24h", help="trailing window, e.g. 1h, 24h, 7d")
+    dr.add_argument("--model", default="production", help="version or alias (default production)")
+    dr.add_argument("--tenant", help="default: $TENANT_ID")
+    dr.add_argument(
+        "--limit",
+        type=_positive_int,
+        default=50_000,
+        help="newest rows read at most (default 50000; a window cut short leaves the "
+        "calendar features out)",
+    )
+    dr.add_argument(
+        "--cycle",
+        action="append",
+        metavar="FEATURE=LENGTH",
+        help="compare FEATURE only over windows of whole LENGTH cycles, like the calendar "
+        "features, e.g. weather=365d (repeat for several)",
+    )
+    dr.add_argument("--json", action="store_true", help="print the snapshot as JSON on stdout")
+    reg_opt(dr)
+    dr.set_defaults(fn=cmd_drift)
     return p
 
 

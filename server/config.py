@@ -22,6 +22,7 @@ ENGINES = ("onnx", "numba", "compiled", "lightgbm", "hummingbird")
 #: forest compiled to machine code (kernels/compiled.py), bit-exact with LightGBM and the
 #: fastest here (bench/RESULTS.md); cached after the first load.
 DEFAULT_ENGINE = "compiled"
+_SQLITE = "sqlite:///"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -50,10 +51,37 @@ class Settings:
     micro_batch_max: int = 64
     max_body_mb: float = 32.0
     reload_interval_s: float = 1.0  # how often the server checks the registry aliases
+    # every answered prediction is logged to DATABASE_URL off the hot path (server.recorder)
+    prediction_log: bool = True
+    # predictions and feedback older than this are deleted, hourly; 0 = keep everything
+    prediction_retention_days: float = 30.0
+    # rows waiting for the database when it is down; "" = see spool_file
+    spool_path: str = ""
+    # live quality (server.monitoring.quality): gauges and /v1/monitoring/quality refreshed
+    # this often from the store, over these windows of feedback completion time
+    quality_interval_s: float = 30.0
+    quality_windows: str = "1h,24h,7d"
+    # drift (server.monitoring.drift, when ENABLE_DRIFT_DETECTION): refresh interval, the
+    # window of logged inputs judged, and features with a known cycle ("weather=365d")
+    drift_interval_s: float = 60.0
+    drift_window: str = "24h"
+    drift_cycles: str = ""
 
     @property
     def registry_path(self) -> Path:
         return Path(self.model_artifact_path)
+
+    @property
+    def spool_file(self) -> Path:
+        """``SPOOL_PATH``, or ``intellilog.spool`` beside the SQLite file of
+        ``DATABASE_URL`` (in the working folder for PostgreSQL and ``:memory:``)."""
+        if self.spool_path:
+            return Path(self.spool_path)
+        if self.database_url.startswith(_SQLITE):
+            db = self.database_url[len(_SQLITE) :]
+            if db != ":memory:":
+                return Path(db).parent / "intellilog.spool"
+        return Path("intellilog.spool")
 
 
 _ENV = {
@@ -75,6 +103,14 @@ _ENV = {
     "micro_batch_max": "MICRO_BATCH_MAX",
     "max_body_mb": "MAX_BODY_MB",
     "reload_interval_s": "RELOAD_INTERVAL_S",
+    "prediction_log": "PREDICTION_LOG",
+    "prediction_retention_days": "PREDICTION_RETENTION_DAYS",
+    "spool_path": "SPOOL_PATH",
+    "quality_interval_s": "QUALITY_INTERVAL_S",
+    "quality_windows": "QUALITY_WINDOWS",
+    "drift_interval_s": "DRIFT_INTERVAL_S",
+    "drift_window": "DRIFT_WINDOW",
+    "drift_cycles": "DRIFT_CYCLES",
 }
 
 
@@ -114,7 +150,7 @@ def _convert(name: str, var: str, raw: str, default: Any) -> Any:
             return True
         if v in _FALSE:
             return False
-        raise ConfigError(f"{var}={raw!r}: expected true or false")
+        raise ConfigError(f"{var}={raw!r}: expected on or off (or true/false, yes/no, 1/0)")
     if isinstance(default, int):
         try:
             return int(raw)
@@ -149,11 +185,12 @@ def load_settings(
     if not 0 <= s.quality_threshold <= 100:
         raise ConfigError(f"QUALITY_THRESHOLD={s.quality_threshold!r}: must be within [0, 100]")
     if not (
-        s.database_url.startswith("sqlite:")
+        (s.database_url.startswith(_SQLITE) and len(s.database_url) > len(_SQLITE))
         or s.database_url.startswith(("postgresql://", "postgres://"))
     ):
         raise ConfigError(
-            f"DATABASE_URL={s.database_url!r}: use sqlite:///PATH or postgresql://..."
+            f"DATABASE_URL={_redact(s.database_url)!r}: use sqlite:///PATH.db (relative), "
+            "sqlite:////PATH.db (absolute), sqlite:///:memory: or postgresql://USER@HOST/DB"
         )
     if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"LOG_LEVEL={s.log_level!r}: use DEBUG, INFO, WARNING or ERROR")
@@ -181,4 +218,34 @@ def load_settings(
         raise ConfigError(f"RELOAD_INTERVAL_S={s.reload_interval_s!r}: must be within [0.05, 3600]")
     if not s.tenant_id:
         raise ConfigError("TENANT_ID is empty")
+    if len(s.tenant_id) > 128 or not s.tenant_id.isprintable():
+        raise ConfigError(f"TENANT_ID={s.tenant_id!r}: at most 128 printable characters")
+    if not 0 <= s.prediction_retention_days <= 36_500:
+        raise ConfigError(
+            f"PREDICTION_RETENTION_DAYS={s.prediction_retention_days!r}: days within [0, 36500] "
+            "(0 = keep every prediction)"
+        )
+    for name, var in (
+        ("quality_interval_s", "QUALITY_INTERVAL_S"),
+        ("drift_interval_s", "DRIFT_INTERVAL_S"),
+    ):
+        if not 1 <= getattr(s, name) <= 86_400:
+            raise ConfigError(f"{var}={getattr(s, name)!r}: seconds within [1, 86400]")
+    from server.monitoring.windows import parse_cycles, parse_window, parse_windows
+
+    parse_windows(
+        [w for w in s.quality_windows.split(",") if w.strip()] or ["?"], "QUALITY_WINDOWS"
+    )
+    parse_window(s.drift_window, "DRIFT_WINDOW")
+    parse_cycles([c for c in s.drift_cycles.split(",") if c.strip()], "DRIFT_CYCLES")
+    if s.spool_path and Path(s.spool_path).is_dir():
+        raise ConfigError(
+            f"SPOOL_PATH={s.spool_path!r} is a folder: name a file in it, e.g. "
+            f"{str(Path(s.spool_path) / 'intellilog.spool')!r}"
+        )
     return s
+
+
+def _redact(url: str) -> str:
+    """``url`` without its password (settings errors are logged)."""
+    return re.sub(r"^([a-z]+://[^:/@]*):[^@/]*@", r"\1:***@", url)

@@ -6,21 +6,29 @@ categories and for the optional ``order_id``. Outputs: ``eta_minutes``, ``eta_p1
 ``eta_p90`` (FP64 ``[n]``). JSON tensors only: the binary tensor extension is refused
 with a clear message (tritonclient: ``binary_data=False``). Errors follow the
 protocol's shape, ``{"error": "..."}``, with status 400 for bad input.
+
+Every answered row is logged like the other prediction routes (``recorder``): its input
+is the row's tensor values as sent (JSON), its order id the ``order_id`` tensor's value,
+or none when that tensor was not sent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-from typing import Any
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import msgspec
-import numpy as np
 from litestar import Request, Response, get, post
 from litestar.params import FromPath
 
 from kernels.spec import FeatureSpec
 from server.holder import ModelHolder
+
+if TYPE_CHECKING:
+    from server.recorder import Recorder
 
 __all__ = ["MODEL_NAME", "kserve_routes"]
 
@@ -81,8 +89,23 @@ def _flatten(data: list[Any]) -> list[Any]:
     return data
 
 
-def kserve_routes(holder: ModelHolder, spec: FeatureSpec, max_batch: int) -> list[Any]:
+def kserve_routes(
+    holder: ModelHolder,
+    spec: FeatureSpec,
+    max_batch: int,
+    *,
+    recorder: Recorder | None = None,
+    ids: Callable[[Request[Any, Any, Any]], tuple[str, str]] | None = None,
+    ready: Callable[[], bool] | None = None,
+) -> list[Any]:
+    """The V2 routes over ``holder``. ``recorder``: log every answered row (None: log
+    nothing); ``ids(request)``: its ``(request id, unique id)``; ``ready()``: readiness
+    (default: the model is loaded)."""
     Item = spec.request_struct
+
+    def is_ready() -> bool:
+        return ready() if ready is not None else holder.ready and holder.model is not None
+
     kinds: dict[str, tuple[str, ...]] = {
         spec.pickup_lat: _NUM,
         spec.pickup_lon: _NUM,
@@ -124,7 +147,9 @@ def kserve_routes(holder: ModelHolder, spec: FeatureSpec, max_batch: int) -> lis
             return _err(404, f"unknown model {name!r}; this server serves {MODEL_NAME!r}")
         return None
 
-    def rows(req: InferRequest) -> list[Any]:
+    def rows(req: InferRequest, sent: list[str] | None = None) -> list[Any]:
+        """The request's rows as request structs; with ``sent``, each row's tensor values
+        as sent (JSON) are appended to it."""
         seen: dict[str, list[Any]] = {}
         n: int | None = None
         for t in req.inputs:
@@ -158,11 +183,14 @@ def kserve_routes(holder: ModelHolder, spec: FeatureSpec, max_batch: int) -> lis
             raise _V2Error("inputs are empty")
         if n > max_batch:
             raise _V2Error(f"{n} rows exceed MAX_BATCH_SIZE={max_batch}")
-        if spec.key not in seen:
-            seen[spec.key] = [str(i) for i in range(n)]
         names = list(seen)
         cols = [seen[k] for k in names]
         dicts = [dict(zip(names, vals, strict=True)) for vals in zip(*cols, strict=True)]
+        if sent is not None:
+            sent.extend(_enc.encode(d).decode() for d in dicts)
+        if spec.key not in seen:
+            for i, d in enumerate(dicts):
+                d[spec.key] = str(i)
         try:
             return msgspec.convert(dicts, list[Item])  # type: ignore[valid-type]
         except msgspec.ValidationError as exc:
@@ -184,7 +212,7 @@ def kserve_routes(holder: ModelHolder, spec: FeatureSpec, max_batch: int) -> lis
 
     @get("/v2/health/ready", tags=["kserve-v2"])
     async def v2_ready() -> Response[dict[str, bool]]:
-        ok = holder.ready and holder.model is not None
+        ok = is_ready()
         return Response({"ready": ok}, status_code=200 if ok else 503)
 
     @get("/v2/models/{name:str}", tags=["kserve-v2"])
@@ -196,7 +224,7 @@ def kserve_routes(holder: ModelHolder, spec: FeatureSpec, max_batch: int) -> lis
         bad = check_name(name)
         if bad:
             return bad
-        ok = holder.ready and holder.model is not None
+        ok = is_ready()
         return Response({"name": name, "ready": ok}, status_code=200 if ok else 503)
 
     @post("/v2/models/{name:str}/infer", status_code=200, tags=["kserve-v2"])
@@ -210,32 +238,53 @@ def kserve_routes(holder: ModelHolder, spec: FeatureSpec, max_batch: int) -> lis
                 "binary tensor data is not supported; send JSON tensors (tritonclient: binary_data=False)",
             )
         body = await request.body()
+        sent: list[str] | None = [] if recorder is not None else None
         try:
             req = _dec.decode(body)
-            items = rows(req)
+            items = rows(req, sent)
         except (_V2Error, msgspec.ValidationError, msgspec.DecodeError) as exc:
             return _err(400, str(exc))
+        outs_known = ("eta_minutes", "eta_p10", "eta_p90")
+        wanted = [o.name for o in req.outputs] if req.outputs else list(outs_known)
+        unknown = [w for w in wanted if w not in outs_known]
+        if unknown:
+            return _err(400, f"unknown output {unknown[0]!r}; outputs are {', '.join(outs_known)}")
         model = holder.model
         assert model is not None
+        has_key = any(t.name == spec.key for t in req.inputs)
+        if ids is not None:
+            rid, uid = ids(request)
+        else:
+            rid = uid = os.urandom(16).hex()
 
-        def run() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-            return model.predict(model.pipe.matrix(model.pipe.columns(items)))
+        def run() -> tuple[dict[str, list[float]], list[Any]]:
+            X = model.pipe.matrix(model.pipe.columns(items))
+            eta, p10, p90 = model.predict(X)
+            outs = {"eta_minutes": eta.tolist(), "eta_p10": p10.tolist(), "eta_p90": p90.tolist()}
+            logged: list[Any] = []
+            if recorder is not None and sent is not None:
+                orders = [getattr(it, spec.key) for it in items] if has_key else [None] * len(items)
+                logged = recorder.rows(
+                    rid,
+                    uid,
+                    orders,
+                    sent,
+                    X,
+                    outs["eta_minutes"],
+                    outs["eta_p10"],
+                    outs["eta_p90"],
+                    model.version,
+                )
+            return outs, logged
 
-        eta, p10, p90 = run() if len(items) <= 256 else await asyncio.to_thread(run)
+        outs, logged = run() if len(items) <= 256 else await asyncio.to_thread(run)
+        if recorder is not None and logged:
+            recorder.submit(logged)
         n = len(items)
-        outs = {
-            "eta_minutes": eta,
-            "eta_p10": p10,
-            "eta_p90": p90,
-        }
-        wanted = [o.name for o in req.outputs] if req.outputs else list(outs)
-        unknown = [w for w in wanted if w not in outs]
-        if unknown:
-            return _err(400, f"unknown output {unknown[0]!r}; outputs are {', '.join(outs)}")
         resp = InferResponse(
             MODEL_NAME,
             model.version,
-            [OutTensor(w, "FP64", [n], outs[w].tolist()) for w in wanted],
+            [OutTensor(w, "FP64", [n], outs[w]) for w in wanted],
             req.id,
         )
         return Response(_enc.encode(resp), media_type=JSON)

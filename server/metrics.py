@@ -24,10 +24,13 @@ __all__ = [
     "BATCH_ROWS",
     "CONTENT_TYPE",
     "ERRORS",
+    "FEEDBACK_ROWS",
     "MICRO_BATCH_ROWS",
     "MODEL_INFO",
     "MODEL_RELOADS",
     "PREDICTION_LATENCY",
+    "PREDICTION_LOG_QUEUE",
+    "PREDICTION_LOG_ROWS",
     "RATE_LIMITED",
     "REQUESTS",
     "REQUEST_LATENCY",
@@ -69,6 +72,28 @@ MODEL_INFO = Gauge(
     ["version", "engine", "device"],
     multiprocess_mode="liveall",
 )
+
+# The prediction log (server.recorder): rows committed to the store, written to the spool
+# while the store was down (or the queue full), replayed from the spool, lost (neither
+# store nor spool could take them). Spooled and replayed also count feedback rows that
+# waited in the spool; written counts predictions only.
+PREDICTION_LOG_ROWS = Counter(
+    "intellilog_prediction_log_rows_total",
+    "prediction-log rows by outcome",
+    ["outcome"],
+)
+for _outcome in ("written", "spooled", "replayed", "dropped"):
+    PREDICTION_LOG_ROWS.labels(_outcome)
+PREDICTION_LOG_QUEUE = Gauge(
+    "intellilog_prediction_log_queue_depth",
+    "predictions waiting in memory for the store",
+    multiprocess_mode="livesum",
+)
+# Feedback rows stored: inserted (new order id) or updated (order id seen before);
+# unknown counts the rows of either kind whose order id matches no logged prediction.
+FEEDBACK_ROWS = Counter("intellilog_feedback_rows_total", "feedback rows stored", ["result"])
+for _result in ("inserted", "updated", "unknown"):
+    FEEDBACK_ROWS.labels(_result)
 
 
 def render() -> bytes:

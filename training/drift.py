@@ -38,6 +38,59 @@ distribution at the effective size ``en = n*m/(n+m)`` like scipy's
 beyond). With a continuous feature the reference CDF is approximate (about
 1e-4 in the tails, less in the middle), so at very large windows the p-value is
 indicative only; the flags use PSI alone.
+
+The drift rule (:func:`drift_rule`)
+-----------------------------------
+A window of ``n`` rows gets a verdict only when ``n >= min_rows`` (500 by default);
+below that every feature's ``critical`` is None and the verdict is
+``"insufficient data"`` (never an alarm). Otherwise a compared feature is
+*flagged* when::
+
+    PSI > c = max(floor, chi2.isf(alpha / k, df) / n_eff)
+    n_eff = n * m / (n + m)        (m = the reference's rows, entry["n"])
+    df    = max(1, B+ - 1)         (B+ = bins with a reference share > 0)
+
+``alpha = 0.05`` is the family-wise false-alarm rate, split Bonferroni-style
+over the ``k`` features compared (a test per feature at ``alpha / k``);
+``floor = 0.1`` is the practical floor, the classic "stable" bound, so a huge
+window does not flag a negligible shift: the same process does not give the same
+shares twice (on generated deliveries the weather of two 26-week periods differs
+by PSI 0.02 on average, up to 0.07; a 0.02 floor flags a third of fresh 10k-row
+windows, 0.05 a few per cent, 0.1 none). Above ~250 rows the floor is the
+binding term for up to ~10 bins; the chi-square term rules small windows and
+many-bin features. The 500-row minimum is where the rule holds its false-alarm
+rate on fresh windows: with 3-4 % reference bins (fog, the rarest zone) fewer rows
+leave bins nearly empty, the eps-smoothed log terms dominate, ``n * PSI`` is no
+longer chi-square, and fresh 150-200-row windows were flagged 9-13 % of the time
+(bench/drift_speed.py). Why chi-square: for shares ``a = r (1 + d)`` close to the
+reference, each PSI term is ``r d ln(1 + d) = r d^2 + O(d^3)``, so PSI is
+Pearson's ``sum (a - r)^2 / r`` to second order, and ``n * PSI`` of ``n``
+independent rows drawn from the reference shares tends to chi-square with
+``B+ - 1`` degrees of freedom (bins the reference never saw cannot be hit under
+no drift). When the reference is itself a sample of ``m`` rows, the variance of
+``a - r`` is ``r (1 - r) (1/n + 1/m)``: hence ``n_eff``.
+
+The model score is the largest PSI among flagged features, 0 when none is
+flagged (or there are too few rows)::
+
+    score = max({PSI_f : f flagged} | {0})
+
+Because ``c <= 0.3`` whenever ``chi2.isf(alpha / k, df) <= 0.3 * n_eff`` (true
+for ``n >= 500`` rows, a 10^5-row reference, 19 features and up to about 100
+bins), ``score > 0.3`` reads: the window has at least ``min_rows`` rows and some
+compared feature's PSI against the training reference exceeds 0.3 -- beyond the
+0.2 "significant" convention -- and the shift is statistically real at
+family-wise level ``alpha``.
+
+Calendar features (:data:`CALENDAR_CYCLES`: hour, day of week, weekend, day of
+year) describe *where the window lies* in a cycle, not the traffic: a 3-hour
+window always has a different hour distribution from a year of training data.
+:func:`calendar_skips` leaves such a feature out of the rule unless the window's
+span ``T`` covers whole cycles closely enough: with ``x = T / cycle`` and
+``f = x - floor(x)``, the share of the over-counted part of the cycle biases PSI
+by about ``f (1 - f) / x^2`` (uniform traffic), and the feature is compared only
+when that is at most ``floor / 4`` (so a 24 h window compares the hour of day,
+36 h does not; day of week needs about 7 days, day of year about a year).
 """
 
 from __future__ import annotations
@@ -50,12 +103,23 @@ import numpy as np
 from scipy import stats
 
 from kernels.errors import ConfigError, DataError, ModelLoadError
+from kernels.spec import TIME_FEATURE_COLUMNS
 
 __all__ = [
+    "ALPHA",
+    "CALENDAR_CYCLES",
     "EPS",
+    "MIN_ROWS",
     "PSI_DRIFT",
+    "PSI_FLOOR",
     "PSI_MODERATE",
+    "VERDICTS",
+    "bin_counts",
+    "calendar_skips",
+    "critical_psi",
     "drift_report",
+    "drift_rule",
+    "drift_rule_counts",
     "psi",
     "psi_flag",
     "reference_histograms",
@@ -74,6 +138,27 @@ _EXACT_CDF_MAX = 256
 _TAIL = np.array([0.0, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 3e-3, 5e-3, 7e-3])
 _CDF_LEVELS = np.unique(np.concatenate([_TAIL, np.linspace(0.01, 0.99, 99), 1.0 - _TAIL]))
 _FLAG_ORDER = {"ok": 0, "moderate": 1, "drift": 2}
+
+#: Family-wise false-alarm rate of :func:`drift_rule` (Bonferroni over the features).
+ALPHA = 0.05
+#: No verdict on a window with fewer rows than this.
+MIN_ROWS = 500
+#: The critical PSI never goes below this: smaller shifts are not worth an alarm.
+PSI_FLOOR = 0.1
+#: The verdicts of :func:`drift_rule`.
+VERDICTS = ("insufficient data", "ok", "drift")
+_DAY = 86_400.0
+_CYCLE_OF = {
+    "hour": _DAY,
+    "day_of_week": 7 * _DAY,
+    "weekend": 7 * _DAY,
+    "day_of_year": 365.2425 * _DAY,
+}
+#: Feature columns set by the calendar, with the cycle (seconds) a window must cover
+#: before they are compared (:func:`calendar_skips`).
+CALENDAR_CYCLES: dict[str, float] = {
+    col: _CYCLE_OF[f] for f, cols in TIME_FEATURE_COLUMNS.items() for col in cols
+}
 
 
 def _as_matrix(X: np.ndarray, names: Sequence[str]) -> np.ndarray:
@@ -240,21 +325,20 @@ def _entry_field(reference: Mapping[str, Any], key: str) -> Any:
         ) from None
 
 
-def _bin_shares(reference: Mapping[str, Any], v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(reference shares, new shares) over the same bins, NaN bin last."""
+def _reference_bins(reference: Mapping[str, Any]) -> tuple[str, np.ndarray, np.ndarray]:
+    """``(kind, cuts, reference shares)`` of an entry: ``cuts`` are the numeric edges or
+    the sorted categorical codes; shares are per bin, the "other code" bin (categorical)
+    and the NaN bin last."""
     kind = _entry_field(reference, "kind")
-    nan = np.isnan(v)
-    rest = v[~nan]
     if kind == "numeric":
-        edges = np.asarray(_entry_field(reference, "edges"), dtype=np.float64)
+        cuts = np.asarray(_entry_field(reference, "edges"), dtype=np.float64)
         ref = np.asarray(_entry_field(reference, "shares"), dtype=np.float64)
-        if ref.size != edges.size + 1:
+        if ref.size != cuts.size + 1:
             raise ModelLoadError(
-                f"reference histogram entry is inconsistent: {edges.size} edges but "
-                f"{ref.size} shares (expected {edges.size + 1}); rebuild it with "
+                f"reference histogram entry is inconsistent: {cuts.size} edges but "
+                f"{ref.size} shares (expected {cuts.size + 1}); rebuild it with "
                 "reference_histograms()"
             )
-        counts = np.bincount(np.searchsorted(edges, rest, side="right"), minlength=edges.size + 1)
     elif kind == "categorical":
         codes = np.asarray(_entry_field(reference, "codes"), dtype=np.float64)
         ref = np.asarray(_entry_field(reference, "shares"), dtype=np.float64)
@@ -264,21 +348,54 @@ def _bin_shares(reference: Mapping[str, Any], v: np.ndarray) -> tuple[np.ndarray
                 f"{ref.size} shares; rebuild it with reference_histograms()"
             )
         order = np.argsort(codes)
-        codes, ref = codes[order], ref[order]
-        pos = np.searchsorted(codes, rest)
-        hit = pos < codes.size
-        hit[hit] = codes[pos[hit]] == rest[hit]
-        idx = np.where(hit, pos, codes.size)  # codes never seen in training: "other" bin
-        counts = np.bincount(idx, minlength=codes.size + 1)
-        ref = np.append(ref, 0.0)
+        cuts, ref = codes[order], np.append(ref[order], 0.0)
     else:
         raise ModelLoadError(
             f"reference histogram entry has unknown kind {kind!r} (expected 'numeric' or "
             "'categorical'); rebuild it with reference_histograms()"
         )
-    new = np.append(counts, nan.sum()) / v.size
-    ref = np.append(ref, float(_entry_field(reference, "nan_share")))
-    return ref, new
+    return kind, cuts, np.append(ref, float(_entry_field(reference, "nan_share")))
+
+
+def _counts(kind: str, cuts: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Rows of ``v`` per bin of :func:`_reference_bins` (int64, NaN bin last)."""
+    nan = np.isnan(v)
+    rest = v[~nan]
+    if kind == "numeric":
+        counts = np.bincount(np.searchsorted(cuts, rest, side="right"), minlength=cuts.size + 1)
+    else:
+        pos = np.searchsorted(cuts, rest)
+        hit = pos < cuts.size
+        hit[hit] = cuts[pos[hit]] == rest[hit]
+        idx = np.where(hit, pos, cuts.size)  # codes never seen in training: "other" bin
+        counts = np.bincount(idx, minlength=cuts.size + 1)
+    return np.append(counts, np.count_nonzero(nan)).astype(np.int64)
+
+
+def _bin_shares(reference: Mapping[str, Any], v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(reference shares, new shares) over the same bins, NaN bin last."""
+    kind, cuts, ref = _reference_bins(reference)
+    return ref, _counts(kind, cuts, v) / v.size
+
+
+def _psi_shares(ref: np.ndarray, new: np.ndarray) -> float:
+    """PSI of two share vectors over the same bins, eps-smoothed (module docstring)."""
+    k = ref.size
+    r = (ref + EPS) / (ref.sum() + k * EPS)
+    a = (new + EPS) / (new.sum() + k * EPS)
+    return float(max(0.0, np.sum((a - r) * np.log(a / r))))
+
+
+def bin_counts(reference: Mapping[str, Any], values: np.ndarray) -> np.ndarray:
+    """Rows of ``values`` in each bin of one feature's reference entry (NaN bin last).
+
+    Counts of successive windows add up, so a monitor can keep counts per time slice
+    and judge any union of slices with :func:`drift_rule_counts`. An empty ``values``
+    gives zeros.
+    """
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    kind, cuts, _ = _reference_bins(reference)
+    return _counts(kind, cuts, v)
 
 
 def psi(reference: Mapping[str, Any], values: np.ndarray) -> float:
@@ -289,11 +406,7 @@ def psi(reference: Mapping[str, Any], values: np.ndarray) -> float:
     >= 0, and 0 for values distributed exactly like the reference.
     """
     v = _as_vector(values)
-    ref, new = _bin_shares(reference, v)
-    k = ref.size
-    r = (ref + EPS) / (ref.sum() + k * EPS)
-    a = (new + EPS) / (new.sum() + k * EPS)
-    return float(max(0.0, np.sum((a - r) * np.log(a / r))))
+    return _psi_shares(*_bin_shares(reference, v))
 
 
 def psi_flag(value: float) -> str:
@@ -398,4 +511,193 @@ def drift_report(
             "drift": [n for n, f in features.items() if f["flag"] == "drift"],
             "moderate": [n for n, f in features.items() if f["flag"] == "moderate"],
         },
+    }
+
+
+def critical_psi(
+    n: int,
+    df: int,
+    *,
+    tests: int = 1,
+    alpha: float = ALPHA,
+    floor: float = PSI_FLOOR,
+    reference_rows: int | None = None,
+) -> float:
+    """The PSI a window of ``n`` rows must exceed to be flagged (module docstring)::
+
+        max(floor, chi2.isf(alpha / tests, df) / n_eff),  n_eff = n m / (n + m)
+
+    with ``m = reference_rows`` (``n_eff = n`` when None: reference shares taken as
+    exact). ``df`` is the number of reference bins with a share > 0, minus one.
+    """
+    if n < 1:
+        raise DataError(f"a critical PSI needs at least one row, got n={n}")
+    if not 0.0 < alpha < 1.0:
+        raise ConfigError(f"alpha must be within (0, 1), got {alpha!r}")
+    if tests < 1 or df < 1:
+        raise ConfigError(f"tests and df must be >= 1, got tests={tests}, df={df}")
+    if not floor >= 0.0:
+        raise ConfigError(f"floor must be >= 0, got {floor!r}")
+    n_eff = float(n) if not reference_rows else n * reference_rows / (n + reference_rows)
+    return max(float(floor), float(stats.chi2.isf(alpha / tests, df)) / n_eff)
+
+
+def _duration(seconds: float) -> str:
+    """``36 h``, ``7 d``, ``90 min`` (for reasons shown to operators)."""
+    if seconds >= 2 * _DAY and seconds % _DAY == 0:
+        return f"{seconds / _DAY:g} d"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.3g} h"
+    return f"{seconds / 60:.3g} min"
+
+
+def calendar_skips(
+    names: Sequence[str],
+    covered_s: float | None,
+    *,
+    cycles: Mapping[str, float] | None = None,
+    floor: float = PSI_FLOOR,
+) -> dict[str, str]:
+    """Calendar features of ``names`` the rule must leave out, with the reason.
+
+    ``covered_s`` is the time span the window's rows cover (None: unknown, e.g. a read
+    cut at its row limit: every calendar feature is left out). A feature with cycle
+    ``C`` (:data:`CALENDAR_CYCLES`, plus ``cycles``: other features that follow a
+    calendar, e.g. a seasonal ``weather``, name -> seconds) is compared when
+    ``x = covered_s / C`` has ``f (1 - f) / x^2 <= floor / 4`` (``f`` the fractional
+    part of ``x``): the window covers whole cycles closely enough that the partly
+    covered cycle cannot move PSI by more than a quarter of the floor.
+    """
+    every = {**CALENDAR_CYCLES, **(cycles or {})}
+    out: dict[str, str] = {}
+    for name in names:
+        cycle = every.get(name)
+        if cycle is None:
+            continue
+        if covered_s is None:
+            out[name] = "time span of the rows unknown (the read hit its row limit)"
+            continue
+        x = max(float(covered_s), 0.0) / cycle
+        f = x - math.floor(x)
+        if x <= 0.0 or f * (1.0 - f) / (x * x) > floor / 4.0:
+            out[name] = (
+                f"the window covers {_duration(max(float(covered_s), 0.0))}, not whole "
+                f"{_duration(cycle)} cycles"
+            )
+    return out
+
+
+def drift_rule(
+    reference: Mapping[str, Mapping[str, Any]],
+    X: np.ndarray,
+    names: Sequence[str],
+    *,
+    alpha: float = ALPHA,
+    min_rows: int = MIN_ROWS,
+    floor: float = PSI_FLOOR,
+    skip: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The drift decision on a window of feature rows (one column per name).
+
+    :func:`drift_rule_counts` over :func:`bin_counts` of every column; an empty
+    window is allowed (verdict ``"insufficient data"``).
+    """
+    A = np.asarray(X, dtype=np.float64)
+    if A.ndim != 2 or A.shape[1] != len(names):
+        raise DataError(
+            f"feature matrix has shape {A.shape} but {len(names)} names were given: "
+            "pass one name per column, in column order"
+        )
+    _check_names(reference, names)
+    counts = {str(n): bin_counts(reference[n], A[:, j]) for j, n in enumerate(names)}
+    return drift_rule_counts(
+        reference, counts, alpha=alpha, min_rows=min_rows, floor=floor, skip=skip
+    )
+
+
+def _check_names(reference: Mapping[str, Any], names: Sequence[str]) -> None:
+    missing = [n for n in names if n not in reference]
+    if missing:
+        raise DataError(
+            f"features {missing} have no reference histogram (reference has "
+            f"{sorted(reference)}): drop those columns or retrain so the manifest covers them"
+        )
+
+
+def drift_rule_counts(
+    reference: Mapping[str, Mapping[str, Any]],
+    counts: Mapping[str, np.ndarray],
+    *,
+    alpha: float = ALPHA,
+    min_rows: int = MIN_ROWS,
+    floor: float = PSI_FLOOR,
+    skip: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The drift decision from per-feature bin counts (:func:`bin_counts`).
+
+    Every feature of ``counts`` must have the same total (the window's rows) and a
+    reference entry. Features named in ``skip`` (name -> reason, e.g.
+    :func:`calendar_skips`) get their PSI but are neither tested nor counted in the
+    Bonferroni split. Returns plain JSON::
+
+        {"n_rows": 2000, "verdict": "insufficient data" | "ok" | "drift",
+         "score": 0.41, "drifted": [names, largest PSI first], "tests": 17,
+         "alpha": 0.05, "floor": 0.1, "min_rows": 500,
+         "features": {name: {"kind", "psi", "critical", "df", "flagged", "skipped"}}}
+
+    ``critical`` is None when the feature was skipped or the window has fewer than
+    ``min_rows`` rows; ``score`` is the largest flagged PSI (0 when none).
+    """
+    if not isinstance(min_rows, int | np.integer) or min_rows < 1:
+        raise ConfigError(f"min_rows must be an integer >= 1, got {min_rows!r}")
+    _check_names(reference, list(counts))
+    skip = dict(skip or {})
+    totals = {int(np.asarray(c).sum()) for c in counts.values()}
+    if len(totals) > 1:
+        raise DataError(
+            f"bin counts of one window must have one total, got {sorted(totals)}: count "
+            "every feature over the same rows"
+        )
+    n = totals.pop() if totals else 0
+    judged = n >= min_rows
+    tests = max(1, sum(1 for name in counts if name not in skip))
+    features: dict[str, dict[str, Any]] = {}
+    for name, c in counts.items():
+        entry = reference[name]
+        kind, _, ref = _reference_bins(entry)
+        c = np.asarray(c, dtype=np.float64)
+        if c.size != ref.size:
+            raise DataError(
+                f"{name}: {c.size} bin counts for a reference of {ref.size} bins: count "
+                "with bin_counts() against this reference"
+            )
+        df = max(1, int(np.count_nonzero(ref > 0)) - 1)
+        value = _psi_shares(ref, c / n) if n else 0.0
+        reason = skip.get(name)
+        critical = None
+        if judged and reason is None:
+            m = int(entry.get("n", 0)) or None
+            critical = critical_psi(n, df, tests=tests, alpha=alpha, floor=floor, reference_rows=m)
+        features[str(name)] = {
+            "kind": kind,
+            "psi": value,
+            "critical": critical,
+            "df": df,
+            "flagged": critical is not None and value > critical,
+            "skipped": reason,
+        }
+    drifted = sorted(
+        (k for k, f in features.items() if f["flagged"]), key=lambda k: -features[k]["psi"]
+    )
+    verdict = VERDICTS[(2 if drifted else 1) if judged else 0]
+    return {
+        "n_rows": n,
+        "verdict": verdict,
+        "score": features[drifted[0]]["psi"] if drifted else 0.0,
+        "drifted": drifted,
+        "tests": tests,
+        "alpha": float(alpha),
+        "floor": float(floor),
+        "min_rows": int(min_rows),
+        "features": features,
     }

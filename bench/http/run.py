@@ -19,8 +19,11 @@ processes took on the server's core is recorded as a noise indicator.
 
 Before each server starts, the run waits (``--quiet-wait``, default 30 s) for other
 processes to go quiet. ``--servers`` also takes the probes of ``fastpath_probe.py``
-(``fastpath``, ``asgi_route``, ``gc_frozen``, ``microbatch``) and ``ours_nobatch``
-(``intellilog serve`` with ``MICRO_BATCH_MAX=1``), which are not run by default.
+(``fastpath``, ``asgi_route``, ``gc_frozen``, ``microbatch``), ``ours_nobatch``
+(``intellilog serve`` with ``MICRO_BATCH_MAX=1``) and ``ours_nolog`` (``intellilog serve``
+with ``PREDICTION_LOG=off``; ``ours`` logs every prediction to a SQLite file in the work
+folder), which are not run by default. With both ``ours`` and ``ours_nolog``, the summary
+gives the cost of the prediction log as on/off ratios (budget: single ≥ 0.90, batch ≥ 0.95).
 
 Writes ``--out`` (default ``bench/http/results``) ``.json`` and ``.md``.
 
@@ -63,7 +66,7 @@ HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 SERVERS = ("ours", "ceiling", "baseline")
 #: Not run by default: probes of lighter paths through our app (bench/http/fastpath_probe.py).
-PROBES = ("fastpath", "asgi_route", "gc_frozen", "microbatch", "ours_nobatch")
+PROBES = ("fastpath", "asgi_route", "gc_frozen", "microbatch", "ours_nobatch", "ours_nolog")
 ALL = SERVERS + PROBES
 SINGLE_C = (1, 32, 256)
 BATCH_ROWS = 256
@@ -121,7 +124,7 @@ def write_bodies(work: Path) -> tuple[Path, Path]:
 
 def server_cmd(name: str, port: int, baseline_python: str) -> list[str]:
     p = str(port)
-    if name in ("ours", "ours_nobatch"):
+    if name in ("ours", "ours_nobatch", "ours_nolog"):
         return [str(BIN / "intellilog"), "serve", "--host", "127.0.0.1", "--port", p]
     where = ["--host", "127.0.0.1", "--port", p]
     if name == "ceiling":
@@ -349,6 +352,11 @@ def bench_server(
     url = f"http://127.0.0.1:{port}"
     if name == "ours_nobatch":  # the product with micro-batching off
         env = {**env, "MICRO_BATCH_MAX": "1"}
+    if name == "ours_nolog":  # the product with the prediction log off
+        env = {**env, "PREDICTION_LOG": "off"}
+    # every server's own database and spool, in the work folder (not the repository)
+    db = args.database_url or f"sqlite:///{work / name / 'intellilog.db'}"
+    env = {**env, "DATABASE_URL": db, "SPOOL_PATH": str(work / name / "intellilog.spool")}
     srv = Server(
         name,
         pin(server_cmd(name, port, args.baseline_python), args.server_cpu),
@@ -445,6 +453,10 @@ def served_engine(env: dict[str, str]) -> str:
     return load_settings(env, dotenv=ROOT / ".env").engine
 
 
+def _redact(url: str) -> str:
+    return re.sub(r"^([a-z]+://[^:/@]*):[^@/]*@", r"\1:***@", url)
+
+
 def ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
 
@@ -475,6 +487,15 @@ def summarise(res: dict[str, dict[str, Any]]) -> dict[str, Any]:
             s["target_batch_ge_80pct_ceiling"] = s["batch_rows_ours_over_ceiling"] >= 0.8
         if "baseline" in have:
             s["target_single_ge_3x_baseline"] = s["single_peak_ours_over_baseline"] >= 3.0
+    if "ours" in have and "ours_nolog" in have:  # the prediction log's cost: on / off
+        s["log_on_over_off_single_peak"] = ratio(peak("ours"), peak("ours_nolog"))
+        for c in SINGLE_C:
+            s[f"log_on_over_off_single_c{c}"] = ratio(
+                res["ours"][f"single_c{c}"]["rps"], res["ours_nolog"][f"single_c{c}"]["rps"]
+            )
+        s["log_on_over_off_batch_rows"] = ratio(rows("ours"), rows("ours_nolog"))
+        s["target_log_single_ge_090"] = s["log_on_over_off_single_peak"] >= 0.90
+        s["target_log_batch_ge_095"] = s["log_on_over_off_batch_rows"] >= 0.95
     if "ceiling" in have:
         for probe in PROBES:
             if probe in res:
@@ -551,6 +572,28 @@ def markdown(report: dict[str, Any]) -> str:
     )
     row("batch rows/s, ours / baseline", "batch_rows_ours_over_baseline", ".2f", "", None)
     row("p99 at c=32, ours (ms)", "ours_p99_ms_c32", ".2f", "< 5", "target_p99_c32_lt_5ms")
+    row(
+        "prediction log on / off: single-row peak req/s",
+        "log_on_over_off_single_peak",
+        ".2f",
+        "≥ 0.90",
+        "target_log_single_ge_090",
+    )
+    for c in SINGLE_C:
+        row(
+            f"prediction log on / off: req/s at c={c}",
+            f"log_on_over_off_single_c{c}",
+            ".2f",
+            "",
+            None,
+        )
+    row(
+        "prediction log on / off: batch rows/s",
+        "log_on_over_off_batch_rows",
+        ".2f",
+        "≥ 0.95",
+        "target_log_batch_ge_095",
+    )
     for probe in PROBES:
         row(
             f"probe {probe}: single-row peak req/s / ceiling",
@@ -577,6 +620,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline-python", default="/tmp/fastapi-venv/bin/python")
     ap.add_argument(
         "--engine", help="INTELLILOG_ENGINE for ours and the ceiling (default: the product's)"
+    )
+    ap.add_argument(
+        "--database-url",
+        help="DATABASE_URL of our servers (default: a SQLite file per server in the work folder)",
     )
     ap.add_argument("--server-cpu", default="0", help="core for the server ('' = unpinned)")
     ap.add_argument("--load-cpu", default="1", help="core for the load generator ('' = unpinned)")
@@ -654,6 +701,7 @@ def main(argv: list[str] | None = None) -> int:
                 "trained_here": not args.registry,
                 "train_rows": None if args.registry else args.rows,
                 "max_rounds": None if args.registry else args.max_rounds,
+                "database": _redact(args.database_url) if args.database_url else "sqlite file",
             },
             "results": results,
             "rounds": rounds if args.rounds > 1 else None,

@@ -46,6 +46,7 @@ __all__ = [
     "JoinedRow",
     "Migration",
     "PredictionRow",
+    "SchemaVersionError",
     "Store",
     "StoreDataError",
     "check_schema_version",
@@ -62,6 +63,11 @@ __all__ = [
 class StoreDataError(StoreError):
     """The database refused rows for their content (a NUL character in a text, a missing
     value, a wrong type), not because it is unreachable: writing them again cannot work."""
+
+
+class SchemaVersionError(StoreError):
+    """The database was migrated by a newer intellilog than this one: opening it is refused
+    (the server must not start on it)."""
 
 
 #: Feature rows are stored as this dtype (float32, little-endian), one row per prediction.
@@ -142,8 +148,20 @@ class FeatureSample:
 
 def pack_features(matrix: np.ndarray) -> list[bytes]:
     """The rows of a feature matrix [n, F] as float32 little-endian bytes, one per row."""
-    m = np.ascontiguousarray(np.atleast_2d(matrix), dtype=FEATURE_DTYPE)
-    return [row.tobytes() for row in m]
+    m = matrix
+    if not (
+        isinstance(m, np.ndarray)
+        and m.ndim == 2
+        and m.dtype == FEATURE_DTYPE
+        and m.flags.c_contiguous
+    ):  # the server's matrices already are: no copy, no conversion (hot path)
+        m = np.ascontiguousarray(np.atleast_2d(matrix), dtype=FEATURE_DTYPE)
+    if m.ndim != 2 or m.shape[1] == 0:
+        return [row.tobytes() for row in m]
+    if m.shape[0] == 1:
+        return [m.tobytes()]
+    blob, width = m.tobytes(), m.shape[1] * FEATURE_DTYPE.itemsize
+    return [blob[i : i + width] for i in range(0, len(blob), width)]
 
 
 def unpack_features(blobs: Sequence[bytes]) -> np.ndarray:
@@ -212,7 +230,7 @@ def load_migrations(dialect: str) -> list[Migration]:
 def check_schema_version(found: int, known: int) -> None:
     """Refuse a database recorded at a newer schema version than this code knows."""
     if found > known:
-        raise StoreError(
+        raise SchemaVersionError(
             f"database schema version {found} is newer than this intellilog (knows up to "
             f"{known}): upgrade intellilog or point DATABASE_URL elsewhere"
         )

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests.e2e import servekit as kit
+from tests.pgserver import postgres  # noqa: F401  (the session fixture)
 
 
 @pytest.fixture(scope="session")
@@ -36,8 +37,9 @@ def make_client(tmp_path: Path) -> Iterator[Callable[..., Any]]:
 
     Server exceptions become responses (``raise_server_exceptions=False``), so a crash
     shows up as the 500 a real client would see. The alias watcher polls every hour
-    unless ``reload_interval_s`` is given. Every client is closed (lifespan shutdown) at
-    teardown.
+    unless ``reload_interval_s`` is given. Each client gets its own SQLite database (and
+    spool) under ``tmp_path`` unless ``database_url`` is given. Every client is closed
+    (lifespan shutdown) at teardown.
     """
     from litestar.testing import TestClient
 
@@ -47,7 +49,11 @@ def make_client(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     opened: list[Any] = []
 
     def make(registry: Path, **settings: Any) -> Any:
-        kw: dict[str, Any] = {"reload_interval_s": 3600.0, "log_level": "WARNING"}
+        kw: dict[str, Any] = {
+            "reload_interval_s": 3600.0,
+            "log_level": "WARNING",
+            "database_url": f"sqlite:///{tmp_path / f'db{len(opened)}' / 'intellilog.db'}",
+        }
         kw.update(settings)
         app = create_app(Settings(model_artifact_path=str(registry), **kw))
         client = TestClient(app, raise_server_exceptions=False)

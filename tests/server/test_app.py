@@ -78,7 +78,7 @@ def scrape(client: Any) -> str:
 
 
 @pytest.fixture(scope="module")
-def client(models: Any) -> Iterator[Any]:
+def client(models: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """One app over the session registry (read-only: the watcher polls hourly)."""
     from litestar.testing import TestClient
 
@@ -91,6 +91,7 @@ def client(models: Any) -> Iterator[Any]:
             reload_interval_s=3600.0,
             log_level="WARNING",
             max_batch_size=50,
+            database_url=f"sqlite:///{tmp_path_factory.mktemp('db') / 'intellilog.db'}",
         )
     )
     with TestClient(app, raise_server_exceptions=False) as c:
@@ -137,7 +138,7 @@ def test_predict_interval_holds_for_many_rows(client: Any) -> None:
     ],
 )
 def test_fast_route_answers_exactly_as_the_litestar_route(
-    models: Any, content: bytes, ctype: str
+    models: Any, content: bytes, ctype: str, tmp_path: Path
 ) -> None:
     """POST /v1/predict is answered in front of Litestar (server.app._Edge); the same
     request through Litestar's own route gets the same status, body and headers."""
@@ -146,7 +147,13 @@ def test_fast_route_answers_exactly_as_the_litestar_route(
     from server.app import create_app
     from server.config import Settings
 
-    edge = create_app(Settings(model_artifact_path=str(models.registry), reload_interval_s=3600.0))
+    edge = create_app(
+        Settings(
+            model_artifact_path=str(models.registry),
+            reload_interval_s=3600.0,
+            database_url=f"sqlite:///{tmp_path / 'intellilog.db'}",
+        )
+    )
     assert "/v1/predict" in edge.fast
     headers = {"content-type": ctype, "x-request-id": "same-id"}
     answers = []
@@ -172,7 +179,13 @@ def test_concurrent_predictions_are_micro_batched_with_unchanged_answers(
 
     rows = kit.sample_rows(24, seed=41)
     alone = [post_json(client, "/v1/predict", r).json() for r in rows]
-    app = create_app(Settings(model_artifact_path=str(models.registry), reload_interval_s=3600.0))
+    app = create_app(
+        Settings(
+            model_artifact_path=str(models.registry),
+            reload_interval_s=3600.0,
+            prediction_log=False,  # no lifespan here (httpx's ASGITransport): no store
+        )
+    )
 
     async def together() -> list[Any]:
         transport = httpx.ASGITransport(app=app)
@@ -451,7 +464,8 @@ def test_health(client: Any) -> None:
     r = client.get("/health/live")
     assert r.status_code == 200 and r.json() == {"status": "alive"}
     r = client.get("/health/ready")
-    assert r.status_code == 200 and r.json() == {"ready": True, "model_version": "v1"}
+    assert r.status_code == 200
+    assert r.json() == {"ready": True, "model_version": "v1", "store": "open"}
 
 
 def test_models_describes_what_is_served(client: Any) -> None:
@@ -787,7 +801,8 @@ def test_broken_version_is_refused_and_old_one_keeps_serving(
     assert info["aliases"] == {"production": "v2"}
     r = post_json(c, "/v1/predict", ROW)
     assert r.status_code == 200 and r.json()["model_version"] == "v1"
-    assert c.get("/health/ready").json() == {"ready": True, "model_version": "v1"}
+    ready = c.get("/health/ready").json()
+    assert ready == {"ready": True, "model_version": "v1", "store": "open"}
     text = scrape(c)
     assert kit.metric(text, "intellilog_model_reloads_total", result="failed") == failed0 + 1
     assert kit.metric(text, "intellilog_model_reloads_total", result="ok") == ok0

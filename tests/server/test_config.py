@@ -93,12 +93,46 @@ def test_env_example_is_a_working_env_file(tmp_path: Path) -> None:
         ("MICRO_BATCH_MAX", "0"),
         ("MICRO_BATCH_MAX", "5000"),
         ("TENANT_ID", ""),
+        ("PREDICTION_LOG", "sometimes"),
+        ("PREDICTION_RETENTION_DAYS", "-1"),
+        ("PREDICTION_RETENTION_DAYS", "a month"),
+        ("DATABASE_URL", "sqlite:///"),
+        ("DATABASE_URL", "sqlite:relative.db"),
     ],
 )
 def test_bad_values_name_the_variable(var: str, value: str) -> None:
     with pytest.raises(ConfigError) as exc:
         load_settings({var: value}, dotenv=None)
     assert var in str(exc.value)
+
+
+def test_prediction_log_settings(tmp_path: Path) -> None:
+    s = load_settings({}, dotenv=None)
+    assert s.prediction_log is True and s.prediction_retention_days == 30
+    assert s.database_url == "sqlite:///./intellilog.db"
+    assert s.spool_file == Path("intellilog.spool")  # beside ./intellilog.db
+    env = {"PREDICTION_LOG": "off", "PREDICTION_RETENTION_DAYS": "0.5"}
+    s = load_settings(env, dotenv=None)
+    assert s.prediction_log is False and s.prediction_retention_days == 0.5
+    assert load_settings({"PREDICTION_LOG": "on"}, dotenv=None).prediction_log is True
+    spools = {
+        "sqlite:////var/lib/intellilog/db.sqlite": Path("/var/lib/intellilog/intellilog.spool"),
+        "sqlite:///data/x.db": Path("data/intellilog.spool"),
+        "sqlite:///:memory:": Path("intellilog.spool"),
+        "postgresql://u@db:5432/intellilog": Path("intellilog.spool"),
+    }
+    for url, spool in spools.items():
+        assert load_settings({"DATABASE_URL": url}, dotenv=None).spool_file == spool, url
+    mine = str(tmp_path / "rows.spool")
+    assert load_settings({"SPOOL_PATH": mine}, dotenv=None).spool_file == Path(mine)
+    with pytest.raises(ConfigError, match=r"SPOOL_PATH=.* is a folder"):
+        load_settings({"SPOOL_PATH": str(tmp_path)}, dotenv=None)
+
+
+def test_database_url_errors_hide_the_password() -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_settings({"DATABASE_URL": "mysql://me:s3cret@db/x"}, dotenv=None)
+    assert "s3cret" not in str(exc.value) and "mysql://me:***@db/x" in str(exc.value)
 
 
 def test_production_logs_are_json_lines_with_request_id() -> None:

@@ -1,0 +1,1 @@
+"""Live monitoring of the served models: quality against feedback, drift of the inputs."""

@@ -1,0 +1,85 @@
+"""``GET /v1/monitoring/quality`` and ``GET /v1/monitoring/drift`` over the two monitors,
+and the monitors' timers (started by the app's lifespan).
+
+Both monitors read the store on their own timer (``QUALITY_INTERVAL_S``,
+``DRIFT_INTERVAL_S``) and set their gauges; the routes answer the latest snapshot and
+never touch the database. Drift runs only with ``ENABLE_DRIFT_DETECTION``; without it
+the drift route answers 404 and nothing is computed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from litestar import Response, get
+
+from server.config import Settings
+from server.holder import ModelHolder
+from server.monitoring.drift import DriftMonitor, drift_route_payload, promoted_at
+from server.monitoring.quality import (
+    QualityMonitor,
+    lookback_for,
+    quality_route_payload,
+    tolerance_minutes_for,
+)
+from server.monitoring.windows import parse_cycles, parse_window, parse_windows
+from server.recorder import Recorder
+
+__all__ = ["Monitoring", "monitoring"]
+
+
+@dataclass
+class Monitoring:
+    """The monitoring routes and the coroutines the lifespan runs as tasks."""
+
+    handlers: list[Any]
+    loops: list[Callable[[], Any]] = field(default_factory=list)
+
+
+def monitoring(settings: Settings, holder: ModelHolder, rec: Recorder) -> Monitoring:
+    def store() -> Any:
+        return rec.store if rec.store_open else None
+
+    def spec() -> Any:
+        m = holder.model
+        return m.pipe.spec if m is not None else None
+
+    quality = QualityMonitor(
+        store,
+        settings.tenant_id,
+        tolerance_minutes=lambda: tolerance_minutes_for(spec()),
+        windows=parse_windows(
+            [w for w in settings.quality_windows.split(",") if w.strip()], "QUALITY_WINDOWS"
+        ),
+        lookback_s=lambda: lookback_for(spec()),
+    )
+
+    @get("/v1/monitoring/quality", tags=["monitoring"])
+    async def quality_route() -> Response[dict[str, Any]]:
+        body = quality_route_payload(quality.snapshot)
+        return Response(body, status_code=200 if body["status"] == "ok" else 503)
+
+    out = Monitoring([quality_route], [lambda: quality.run(settings.quality_interval_s)])
+    if not settings.enable_drift_detection:
+        return out
+
+    drift = DriftMonitor(
+        store,
+        lambda: holder.model,
+        settings.tenant_id,
+        window_s=parse_window(settings.drift_window, "DRIFT_WINDOW").seconds,
+        serving_since=lambda v: promoted_at(holder.registry, holder.alias, v),
+        cycles=parse_cycles(
+            [c for c in settings.drift_cycles.split(",") if c.strip()], "DRIFT_CYCLES"
+        ),
+    )
+
+    @get("/v1/monitoring/drift", tags=["monitoring"])
+    async def drift_route() -> dict[str, Any]:
+        return drift_route_payload(drift.snapshot)
+
+    out.handlers.append(drift_route)
+    out.loops.append(lambda: drift.run(settings.drift_interval_s))
+    return out

@@ -1,0 +1,333 @@
+"""The server's store: opened at start-up, every prediction logged off the hot path,
+feedback written durably, old rows pruned, the log's counters exported as metrics.
+
+Start-up (:meth:`Recorder.start`, from the app's lifespan) opens the store at
+``DATABASE_URL`` and applies its migrations. A database migrated by a newer intellilog
+stops start-up with the store's message. A database that does not answer does not: the
+server starts, says so in one warning, spools predictions and feedback to ``SPOOL_PATH``
+and tries to open the store again every ``reopen_interval`` seconds; once it is open, the
+prediction log replays the spool into it.
+
+Hot path: the routes hand over what they already hold (request ids, each row's input as
+sent, the feature matrix, the answers) and :meth:`Recorder.submit` queues one
+:class:`~server.store.PredictionRow` per row (``PredictionLog.submit``: no await, no I/O).
+With ``PREDICTION_LOG=off`` the routes build and submit nothing; the store still takes
+feedback.
+
+Cost: building and queueing the rows is ~1 µs per single-row request and ~0.75 µs per
+batch row on the event loop; writing them is the store's work (SQLite: a worker thread of
+this process, several µs per row with the schema's indexes; PostgreSQL: ~2 µs per row of
+COPY encoding here, the rest in the database server). When the store cannot keep up, the
+queue fills (``PredictionLog.max_queue``) and the excess is spooled and replayed later.
+``intellilog serve --workers N`` gives every worker its own log over the same store and,
+by default, the same spool file.
+
+``row_id`` is ``f"{uid}:{i}"``: ``uid`` is the request id when the server made it, and a
+fresh server-made id when the client sent ``X-Request-ID`` (client ids need not be unique,
+and ``row_id`` must be: a repeated one is skipped by the store as already written).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from kernels.errors import StoreError
+from server import metrics
+from server.config import Settings
+from server.store import (
+    FeedbackResult,
+    FeedbackRow,
+    PredictionLog,
+    PredictionRow,
+    SchemaVersionError,
+    Store,
+    pack_features,
+    store_from_url,
+)
+
+__all__ = ["ARM", "Recorder"]
+
+log = logging.getLogger("intellilog.server")
+
+#: The arm every prediction is logged under until A/B routing exists.
+ARM = "production"
+#: Seconds between attempts to open a store that was down at start-up.
+REOPEN_INTERVAL_S = 5.0
+
+
+class Recorder:
+    """The store, the prediction log and the background tasks around them.
+
+    ``reopen_interval``: seconds between attempts to open a store that was down at
+    start-up; ``prune_interval``: seconds between prunes (``PREDICTION_RETENTION_DAYS``);
+    ``metrics_interval``: seconds between copies of the log's counters into the metrics.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        reopen_interval: float | None = None,
+        prune_interval: float = 3600.0,
+        metrics_interval: float = 1.0,
+    ) -> None:
+        #: PREDICTION_LOG: routes submit predictions only when True
+        self.enabled = settings.prediction_log
+        self.tenant = settings.tenant_id
+        self.url = settings.database_url
+        self.spool_path: Path = settings.spool_file
+        self.retention_s = settings.prediction_retention_days * 86_400.0
+        self.reopen_interval = REOPEN_INTERVAL_S if reopen_interval is None else reopen_interval
+        self.prune_interval = prune_interval
+        self.metrics_interval = metrics_interval
+        self.store: Store | None = None
+        self.log: PredictionLog | None = None
+        #: the start-up attempt to open the store is over (open, or spooling)
+        self.ready = False
+        #: the store is open (False while it was down since start-up)
+        self.store_open = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._seen = {"written": 0, "spooled": 0, "replayed": 0, "dropped": 0}
+        self._feedback_written = 0  # feedback rows in the log's rows_written
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the store (migrations), start the prediction log and the background tasks.
+
+        Raises SchemaVersionError when the database is newer than this code; any other
+        store failure is logged and the server goes on, spooling.
+        """
+        store = store_from_url(self.url)
+        try:
+            await store.open()
+        except SchemaVersionError:
+            raise
+        except (StoreError, OSError) as e:  # OSError: a SQLite folder that cannot be made
+            log.warning(
+                "database unavailable at start-up, serving anyway: predictions and feedback "
+                "are spooled to %s until it answers (retrying every %.0f s): %s",
+                self.spool_path,
+                self.reopen_interval,
+                e,
+                extra={"event": "store_down_at_startup"},
+            )
+            self._tasks.append(asyncio.create_task(self._reopen(store), name="intellilog-reopen"))
+        else:
+            self.store_open = True
+            log.info("store %s open", store.url)
+        self.store = store
+        # batches of up to 2000 rows: under load, fewer commits (each one an fsync on
+        # SQLite) for the same rows
+        self.log = PredictionLog(store, self.spool_path, batch_size=2000)
+        await self.log.start()
+        self._tasks.append(asyncio.create_task(self._publish(), name="intellilog-log-metrics"))
+        if self.retention_s > 0:
+            self._tasks.append(asyncio.create_task(self._pruner(), name="intellilog-prune"))
+        if not self.enabled:
+            log.info("PREDICTION_LOG=off: predictions are not logged")
+        self.ready = True
+
+    async def close(self) -> None:
+        """Write every queued row (store, or spool), then close the store. Safe twice."""
+        self.ready = False
+        tasks, self._tasks = self._tasks, []
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        if self.log is not None:
+            await self.log.close()
+            self.publish()
+            log.info(
+                "prediction log closed: %d rows written, %d spooled, %d dropped",
+                self.log.rows_written - self._feedback_written,
+                self.log.rows_spooled,
+                self.log.rows_dropped,
+            )
+        if self.store is not None:
+            await self.store.close()
+            self.store_open = False
+
+    # -- the hot path -------------------------------------------------------------------
+
+    def rows(
+        self,
+        request_id: str,
+        uid: str,
+        order_ids: Sequence[str | None],
+        inputs: Sequence[str],
+        X: np.ndarray,
+        eta: Sequence[float],
+        p10: Sequence[float],
+        p90: Sequence[float],
+        version: str,
+    ) -> list[PredictionRow]:
+        """One PredictionRow per predicted row (pure: may run on a worker thread)."""
+        now = time.time()
+        tenant = self.tenant
+        return [
+            PredictionRow(
+                row_id=f"{uid}:{i}",
+                request_id=request_id,
+                order_id=o,
+                tenant=tenant,
+                model_version=version,
+                arm=ARM,
+                inputs=s,
+                features=f,
+                eta=e,
+                p10=lo,
+                p90=hi,
+                created_at=now,
+            )
+            for i, (o, s, f, e, lo, hi) in enumerate(
+                zip(order_ids, inputs, pack_features(X), eta, p10, p90, strict=True)
+            )
+        ]
+
+    def submit(self, rows: Sequence[PredictionRow]) -> None:
+        """Queue ``rows`` for the store: no await, no I/O (``PredictionLog.submit``)."""
+        if self.log is not None:
+            self.log.submit(rows)
+        else:  # a request answered outside the lifespan (no start()): nowhere to log it
+            metrics.PREDICTION_LOG_ROWS.labels("dropped").inc(len(rows))
+
+    def submit_one(
+        self,
+        request_id: str,
+        uid: str,
+        order_id: str | None,
+        body: bytes,
+        X: np.ndarray,
+        eta: float,
+        p10: float,
+        p90: float,
+        version: str,
+    ) -> None:
+        """:meth:`submit` for one row: ``body`` is the request as sent, ``X`` [1, F]."""
+        row = PredictionRow(
+            row_id=uid + ":0",
+            request_id=request_id,
+            order_id=order_id,
+            tenant=self.tenant,
+            model_version=version,
+            arm=ARM,
+            inputs=body.decode("utf-8", "replace"),
+            features=pack_features(X)[0],
+            eta=eta,
+            p10=p10,
+            p90=p90,
+            created_at=time.time(),
+        )
+        self.submit((row,))
+
+    # -- feedback -----------------------------------------------------------------------
+
+    async def write_feedback(
+        self, items: Sequence[tuple[str, float, float]], received_at: float | None = None
+    ) -> FeedbackResult:
+        """Store ``(order_id, actual_minutes, completed_at)`` rows of this tenant; returns
+        once they are committed in the database or fsync'd in the spool.
+
+        Predictions still queued are written first, so feedback for an order predicted a
+        moment ago is not counted unknown. Raises StoreError when neither the database nor
+        the spool takes the rows.
+        """
+        plog = self.log
+        if plog is None:
+            raise StoreError("the store is not open yet (the server is starting); resend")
+        now = time.time() if received_at is None else received_at
+        rows = [
+            FeedbackRow(
+                order_id=o, tenant=self.tenant, actual_minutes=a, completed_at=c, received_at=now
+            )
+            for o, a, c in items
+        ]
+        if plog.queue_depth:
+            await plog.flush()
+        result = await plog.write_feedback_durable(rows)
+        if not result.spooled:
+            self._feedback_written += len(rows)
+        for name, n in (
+            ("inserted", result.inserted),
+            ("updated", result.updated),
+            ("unknown", result.unknown),
+        ):
+            if n:
+                metrics.FEEDBACK_ROWS.labels(name).inc(n)
+        return result
+
+    # -- background ---------------------------------------------------------------------
+
+    def publish(self) -> None:
+        """Copy the prediction log's counters and queue depth into the metrics."""
+        plog = self.log
+        if plog is None:
+            return
+        now = {
+            "written": plog.rows_written - self._feedback_written,
+            "spooled": plog.rows_spooled,
+            "replayed": plog.rows_replayed,
+            "dropped": plog.rows_dropped,
+        }
+        for outcome, value in now.items():
+            delta = value - self._seen[outcome]
+            if delta > 0:
+                metrics.PREDICTION_LOG_ROWS.labels(outcome).inc(delta)
+                self._seen[outcome] = value
+        metrics.PREDICTION_LOG_QUEUE.set(plog.queue_depth)
+
+    async def prune(self) -> int:
+        """Delete rows older than PREDICTION_RETENTION_DAYS; the rows deleted (0 when the
+        store is down: the next prune tries again)."""
+        if self.store is None or not self.store_open or self.retention_s <= 0:
+            return 0
+        try:
+            n = await self.store.prune(time.time() - self.retention_s)
+        except StoreError as e:
+            log.warning("prune of rows older than the retention failed, retrying later: %s", e)
+            return 0
+        if n:
+            log.info(
+                "pruned %d rows older than %g days (PREDICTION_RETENTION_DAYS)",
+                n,
+                self.retention_s / 86_400.0,
+            )
+        return n
+
+    async def _pruner(self) -> None:
+        while True:
+            await self.prune()
+            await asyncio.sleep(self.prune_interval)
+
+    async def _publish(self) -> None:
+        while True:
+            self.publish()
+            await asyncio.sleep(self.metrics_interval)
+
+    async def _reopen(self, store: Store) -> None:
+        said = ""
+        while True:
+            await asyncio.sleep(self.reopen_interval)
+            try:
+                await store.open()
+            except (StoreError, OSError) as e:
+                if isinstance(e, SchemaVersionError) and str(e) != said:
+                    said = str(e)  # once per message: it will not fix itself
+                    log.error("%s; still spooling to %s", e, self.spool_path)
+                continue
+            self.store_open = True
+            log.info("store %s open; replaying the spool", store.url)
+            if self.log is not None:
+                with contextlib.suppress(Exception):  # the replay task retries
+                    await self.log.replay()
+            return
