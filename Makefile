@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 ROWS ?= 200000
 export MODEL_ARTIFACT_PATH ?= ./models
 
-.PHONY: venv demo test lint clean
+.PHONY: venv demo test lint monitoring clean
 
 # Create the environment once; re-install when the project metadata changes.
 $(VENV)/.installed: pyproject.toml setup.py
@@ -36,6 +36,13 @@ lint: venv
 # Tests: lint, types, the suite with coverage, and the speed gates (ratios in bench/budgets.toml).
 test: lint
 	$(BIN)/python -m pytest --cov --cov-report=term:skip-covered -q tests bench/test_gates.py
+
+# Prometheus config and alert rules: promtool's checks and the rules' unit tests
+# (promtool: `apt-get install -y --no-install-recommends prometheus`; `make test` runs
+# these too, in tests/monitoring, with a real Prometheus scraping a real server).
+monitoring:
+	promtool check config build/monitoring/prometheus/prometheus.yml
+	promtool test rules build/monitoring/prometheus/alerts_test.yml
 
 clean:
 	rm -rf $(VENV) .setuptools-build *.egg-info data out models .pytest_cache .mypy_cache .ruff_cache .coverage
