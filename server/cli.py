@@ -144,7 +144,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"{args.data}: no valid rows to evaluate ({len(conv.reject_rows)} refused)"
         )
     X = model.pipe.matrix(conv.columns)
-    eta, p10, p90 = model.predict(X)
+    # answers are in minutes; the target (and so every metric here) in the spec's unit
+    eta, p10, p90 = (a / model.predictor.scale for a in model.predict(X))
     y = conv.target
     assert y is not None
     thr = spec.goal.tolerance if args.accuracy_threshold is None else args.accuracy_threshold
@@ -474,6 +475,37 @@ def cmd_drift(args: argparse.Namespace) -> int:
     return EXIT_QUALITY if snap.verdict == "drift" else 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """One self-contained HTML page about a model version (server/report.py)."""
+    from server.monitoring.drift import parse_cycles
+    from server.monitoring.quality import parse_window
+    from server.report import make_report
+
+    settings = _settings()
+    window = parse_window(args.window or settings.drift_window, "--window")
+    cycles = parse_cycles(
+        [c for c in settings.drift_cycles.split(",") if c.strip()], "DRIFT_CYCLES"
+    )
+    if not args.days > 0:
+        raise ConfigError(f"--days={args.days!r}: must be > 0")
+    res = make_report(
+        _registry(args),
+        args.model,
+        args.out,
+        data=args.data,
+        database_url=settings.database_url,
+        tenant=args.tenant or settings.tenant_id,
+        days=args.days,
+        drift_window_s=window.seconds,
+        cycles=cycles,
+    )
+    print(
+        f"wrote {res.path} (model {res.version}, {res.images} figures, {res.bytes / 1024:.0f} KiB)",
+        file=sys.stderr,
+    )
+    return 0
+
+
 # ---- parser ------------------------------------------------------------------------------------
 
 
@@ -680,6 +712,29 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("--json", action="store_true", help="print the snapshot as JSON on stdout")
     reg_opt(dr)
     dr.set_defaults(fn=cmd_drift)
+
+    rp = sub.add_parser(
+        "report",
+        help="one self-contained HTML page about a model version, with plots",
+        description="Write an HTML page (no external fetch: plots are inline images) with "
+        "the version's header, holdout metrics against the baselines, and with --data FILE "
+        "(labelled rows of the spec's columns) predicted against actual, interval "
+        "calibration and the error by local hour, weekday and categorical level; with "
+        "feedback in DATABASE_URL, the daily live error and drift per feature.",
+    )
+    rp.add_argument("--model", default="production", help="version or alias (default production)")
+    rp.add_argument("--data", help="labelled CSV/Parquet file of the spec's columns")
+    rp.add_argument("--out", help="the HTML file (default: report-VERSION.html)")
+    rp.add_argument("--tenant", help="default: $TENANT_ID")
+    rp.add_argument(
+        "--days",
+        type=float,
+        default=30.0,
+        help="live error over predictions of the last DAYS days (default 30)",
+    )
+    rp.add_argument("--window", help="drift window, e.g. 24h, 7d (default: $DRIFT_WINDOW or 24h)")
+    reg_opt(rp)
+    rp.set_defaults(fn=cmd_report)
     return p
 
 

@@ -110,3 +110,56 @@ def test_train_refuses_long_trips_when_the_spec_bounds_say_so(cli: Any, tmp_path
     line = res.err.strip().splitlines()[-1]
     assert line.startswith("error:") and "max_speed_kmh" in line, res.err
     assert Registry(tmp_path / "reg").versions() == []
+
+
+def test_a_target_in_hours_is_evaluated_in_hours_and_served_in_minutes(
+    cli: Any, tmp_path: Path
+) -> None:
+    from kernels.spec import default_spec
+    from training.synth import generate
+
+    spec_path = tmp_path / "hours.toml"
+    spec = default_spec()  # its columns, with the target in hours
+    cats = "\n".join(
+        f'{c.name} = {{ levels = {list(c.levels)!r}, unknown = "map" }}'.replace("'", '"')
+        for c in spec.categorical
+    )
+    nums = "\n".join(
+        f"{n.name} = {{ min = {n.min}, max = {n.max}, optional = {str(n.optional).lower()} }}"
+        for n in spec.numeric
+    )
+    spec_path.write_text(
+        f'name = "hours"\nkey = "order_id"\nevent_time = "created_at"\n'
+        f'timezone = "Europe/Berlin"\n[target]\nname = "actual_hours"\nunit = "hours"\n'
+        f"min = {1 / 60}\nmax = 24\ntolerance = {5 / 60}\n"
+        '[pickup]\nlat = "pickup_lat"\nlon = "pickup_lon"\n'
+        '[dropoff]\nlat = "dropoff_lat"\nlon = "dropoff_lon"\n'
+        f"[categorical]\n{cats}\n[numeric]\n{nums}\n"
+    )
+    table = generate(3000, seed=12)
+    hours = np.asarray(table.column("actual_minutes").to_numpy()) / 60.0
+    table = table.drop_columns(["actual_minutes"]).append_column("actual_hours", [hours])
+    data = tmp_path / "hours.parquet"
+    pq.write_table(table, data)
+    reg = ("--registry", tmp_path / "reg")
+    res = cli("train", "--data", data, "--spec", spec_path, *reg, "--promote", "--json", *TRAIN)
+    assert res.code == 0, res.err
+    trained = res.json()["metrics"]
+    assert trained["holdout"]["unit"] == "hours"
+    prep = prepare(table, load_spec(spec_path), TrainSettings())
+    holdout = tmp_path / "holdout.parquet"
+    pq.write_table(table.take(prep.rows[prep.holdout_idx]), holdout)
+    ev = cli("evaluate", "--data", holdout, *reg, "--json").json()
+    for k in ("mae", "accuracy", "coverage"):  # hours, as in training (to float rounding)
+        assert ev["model"][k] == pytest.approx(trained["model"][k], rel=1e-12)
+    assert ev["model"]["mae"] < 1.0  # hours, not minutes
+    # served and scored in minutes: 60 x the booster's hours
+    out = tmp_path / "etas.parquet"
+    assert cli("score", holdout, "--out", out, "--quiet", *reg).code == 0
+    import lightgbm as lgb
+
+    booster = lgb.Booster(model_file=str(tmp_path / "reg" / "versions" / "v1" / "eta.txt"))
+    want = booster.predict(prep.X[prep.holdout_idx]) * 60.0
+    np.testing.assert_allclose(
+        pq.read_table(out).column("eta_minutes").to_numpy(), want, rtol=1e-12
+    )
