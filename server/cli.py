@@ -96,7 +96,8 @@ def _train_settings(args: argparse.Namespace) -> Any:
 
     s = _settings()
     return TrainSettings(
-        holdout_fraction=args.holdout_fraction,
+        # backtest has no holdout: its folds are its test periods
+        holdout_fraction=getattr(args, "holdout_fraction", TrainSettings.holdout_fraction),
         accuracy_threshold=args.accuracy_threshold,
         quality_threshold=args.quality_threshold
         if args.quality_threshold is not None
@@ -181,35 +182,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_backtest(args: argparse.Namespace) -> int:
     """Rolling-origin evaluation: quality gate as ``train``, then one model per fold."""
-    from kernels.errors import DataError
     from training.backtest import MIN_FOLDS, backtest, format_backtest
     from training.io import read_table
-    from training.quality import assess
-    from training.train import TrainSettings
+    from training.quality import assess, require_quality
 
     if args.folds < MIN_FOLDS:  # before reading a large file
         raise ConfigError(f"--folds={args.folds}: a backtest needs at least {MIN_FOLDS} folds")
     spec = _spec(args)
-    s = _settings()
-    settings = TrainSettings(
-        accuracy_threshold=args.accuracy_threshold,
-        quality_threshold=args.quality_threshold
-        if args.quality_threshold is not None
-        else s.quality_threshold,
-        max_rounds=args.max_rounds,
-        num_leaves=args.num_leaves,
-        seed=args.seed,
-    )
+    settings = _train_settings(args)
     settings.validate()
     print(f"reading {args.data}", file=sys.stderr)
     table = read_table(args.data, spec, need_target=True)
     quality = assess(table, spec, threshold=settings.quality_threshold)
-    if not quality.passed:
-        names = ", ".join(f"{c.name} ({c.score:.0f})" for c in quality.failing()) or "overall"
-        raise DataError(
-            f"data quality {quality.score:.1f} is below the threshold {settings.quality_threshold:g}: "
-            f"failing checks: {names} (run `intellilog validate --data {args.data}` for details)"
-        )
+    require_quality(quality, settings.quality_threshold, args.data)
     result = backtest(table, spec, settings, folds=args.folds, out=sys.stderr)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
@@ -520,6 +505,20 @@ def build_parser() -> argparse.ArgumentParser:
             "--registry", help="model registry folder (default: $MODEL_ARTIFACT_PATH or ./models)"
         )
 
+    def training_opts(sp: argparse.ArgumentParser) -> None:
+        """The model and data-gate options ``train`` and ``backtest`` share."""
+        sp.add_argument(
+            "--accuracy-threshold",
+            type=float,
+            help="tolerance of the accuracy metric (default: the spec's target.tolerance)",
+        )
+        sp.add_argument(
+            "--quality-threshold", type=float, help="refuse data scoring below this (default 80)"
+        )
+        sp.add_argument("--max-rounds", type=_positive_int, default=1500)
+        sp.add_argument("--num-leaves", type=_positive_int, default=63)
+        sp.add_argument("--seed", type=int, default=0)
+
     g = sub.add_parser("generate", help="write a synthetic dataset (deliveries or long trips)")
     g.add_argument(
         "--kind",
@@ -551,17 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.2,
         help="latest share of rows held out (default 0.2)",
     )
-    t.add_argument(
-        "--accuracy-threshold",
-        type=float,
-        help="tolerance of the accuracy metric (default: the spec's target.tolerance)",
-    )
-    t.add_argument(
-        "--quality-threshold", type=float, help="refuse data scoring below this (default 80)"
-    )
-    t.add_argument("--max-rounds", type=_positive_int, default=1500)
-    t.add_argument("--num-leaves", type=_positive_int, default=63)
-    t.add_argument("--seed", type=int, default=0)
+    training_opts(t)
     t.add_argument("--promote", action="store_true", help="make the new model the production model")
     t.add_argument(
         "--dry-run", action="store_true", help="check spec, data and settings; train nothing"
@@ -590,17 +579,7 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument(
         "--folds", type=int, default=4, help="test segments (default 4; rows cut into folds+1)"
     )
-    bt.add_argument(
-        "--accuracy-threshold",
-        type=float,
-        help="tolerance of the accuracy metric (default: the spec's target.tolerance)",
-    )
-    bt.add_argument(
-        "--quality-threshold", type=float, help="refuse data scoring below this (default 80)"
-    )
-    bt.add_argument("--max-rounds", type=_positive_int, default=1500)
-    bt.add_argument("--num-leaves", type=_positive_int, default=63)
-    bt.add_argument("--seed", type=int, default=0)
+    training_opts(bt)
     bt.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     bt.set_defaults(fn=cmd_backtest)
 

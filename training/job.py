@@ -13,13 +13,13 @@ from typing import Any, TextIO
 import numpy as np
 import pyarrow as pa
 
-from kernels.errors import DataError, IntelliLogError, ModelLoadError
+from kernels.errors import IntelliLogError, ModelLoadError
 from kernels.spec import FeatureSpec
 from training import __version__
 from training.drift import reference_histograms
 from training.export import export_engines, parity_rows
 from training.io import read_table
-from training.quality import QualityReport, assess
+from training.quality import QualityReport, assess, require_quality
 from training.registry import Registry
 from training.train import TrainSettings, fit_models, metrics_table, prepare, settings_dict
 
@@ -77,12 +77,7 @@ def train_job(
     table = read_table(path, spec, need_target=True)
     quality = assess(table, spec, threshold=settings.quality_threshold)
     out.write(quality.format() + "\n")
-    if not quality.passed:
-        names = "; ".join(f"{c.name} ({c.score:.0f}: {c.detail})" for c in quality.failing())
-        raise DataError(
-            f"data quality {quality.score:.1f} is below the threshold {settings.quality_threshold:g}: "
-            f"failing checks: {names or 'overall'} (run `intellilog validate --data {path}` for details)"
-        )
+    require_quality(quality, settings.quality_threshold, path)
     prep = prepare(table, spec, settings)
     rej = len(prep.converted.reject_rows)
     out.write(

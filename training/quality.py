@@ -99,6 +99,7 @@ __all__ = [
     "Check",
     "QualityReport",
     "assess",
+    "require_quality",
     "share_score",
 ]
 
@@ -570,3 +571,15 @@ def _report(checks: list[Check], rows: int, threshold: float) -> QualityReport:
     worst = min(c.score for c in checks)
     score = round(min(100.0, max(0.0, min(mean, worst + CAP_MARGIN))), 2)
     return QualityReport(score=score, rows=rows, checks=checks, threshold=threshold)
+
+
+def require_quality(report: QualityReport, threshold: float, path: object) -> None:
+    """The training gate: a DataError naming every failing check and its detail when
+    ``report`` did not pass (``train`` and ``backtest`` refuse the same data alike)."""
+    if report.passed:
+        return
+    names = "; ".join(f"{c.name} ({c.score:.0f}: {c.detail})" for c in report.failing())
+    raise DataError(
+        f"data quality {report.score:.1f} is below the threshold {threshold:g}: "
+        f"failing checks: {names or 'overall'} (run `intellilog validate --data {path}` for details)"
+    )

@@ -61,6 +61,7 @@ import numpy as np
 from prometheus_client import Gauge
 
 from kernels.errors import ConfigError, DataError, ModelLoadError, StoreError
+from server.monitoring.timer import refresh_every
 from server.monitoring.windows import parse_cycles
 from server.store import FeatureSample, Store
 from training.drift import (
@@ -640,7 +641,6 @@ class DriftMonitor:
         self._track: _Track | None = None
         self._features: set[str] = set()
         self._versions: set[str] = set()
-        self._said = ""
         self.snapshot: DriftSnapshot | None = None
 
     def _served(self) -> tuple[str, Mapping[str, Any]] | None:
@@ -779,26 +779,8 @@ class DriftMonitor:
         self._features, self._versions = feats, {snap.version}
 
     async def run(self, interval_s: float) -> None:
-        """Refresh now, then every ``interval_s`` seconds, until cancelled. A failing
-        refresh is logged (once per distinct message) and tried again at the next tick."""
-        if not (math.isfinite(interval_s) and interval_s > 0):
-            raise ConfigError(f"interval_s={interval_s!r}: must be > 0 seconds")
-        while True:
-            try:
-                await self.refresh()
-            except (StoreError, ModelLoadError, DataError) as e:
-                if str(e) != self._said:
-                    self._said = str(e)
-                    log.warning(
-                        "drift refresh failed, keeping the last figures: %s",
-                        e,
-                        extra={"event": "drift_refresh_failed"},
-                    )
-            except Exception:
-                log.exception(
-                    "drift refresh failed (a bug), keeping the last figures",
-                    extra={"event": "drift_refresh_failed"},
-                )
-            else:
-                self._said = ""
-            await asyncio.sleep(interval_s)
+        """Refresh now, then every ``interval_s`` seconds, until cancelled (a failing
+        refresh keeps the last figures: :func:`server.monitoring.timer.refresh_every`)."""
+        await refresh_every(
+            self.refresh, interval_s, "drift", (StoreError, ModelLoadError, DataError)
+        )

@@ -57,6 +57,7 @@ from prometheus_client import Gauge
 
 from kernels.errors import ConfigError, StoreError
 from kernels.spec import FeatureSpec
+from server.monitoring.timer import refresh_every
 from server.monitoring.windows import Window, parse_window, parse_windows
 from server.store import JoinedRow, Store
 from training.metrics import interval_metrics, point_metrics
@@ -550,7 +551,6 @@ class QualityMonitor:
         self._clock = clock
         self.snapshot: QualitySnapshot | None = None
         self._series: set[tuple[str, str, str]] = set()
-        self._said = ""
 
     def _current_store(self) -> Store | None:
         s = self._store
@@ -597,26 +597,6 @@ class QualityMonitor:
         FEEDBACK_LAG.set(math.nan if lag is None else lag)
 
     async def run(self, interval_s: float) -> None:
-        """Refresh now, then every ``interval_s`` seconds, until cancelled. A failing
-        refresh is logged (once per distinct message) and tried again at the next tick."""
-        if not (math.isfinite(interval_s) and interval_s > 0):
-            raise ConfigError(f"interval_s={interval_s!r}: must be > 0 seconds")
-        while True:
-            try:
-                await self.refresh()
-            except StoreError as e:
-                if str(e) != self._said:
-                    self._said = str(e)
-                    log.warning(
-                        "quality refresh failed, keeping the last figures: %s",
-                        e,
-                        extra={"event": "quality_refresh_failed"},
-                    )
-            except Exception:
-                log.exception(
-                    "quality refresh failed (a bug), keeping the last figures",
-                    extra={"event": "quality_refresh_failed"},
-                )
-            else:
-                self._said = ""
-            await asyncio.sleep(interval_s)
+        """Refresh now, then every ``interval_s`` seconds, until cancelled (a failing
+        refresh keeps the last figures: :func:`server.monitoring.timer.refresh_every`)."""
+        await refresh_every(self.refresh, interval_s, "quality", (StoreError,))
