@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +25,7 @@ from litestar.params import FromPath
 
 from kernels.spec import FeatureSpec
 from server.holder import ModelHolder
+from server.recorder import new_request_id
 
 if TYPE_CHECKING:
     from server.recorder import Recorder
@@ -255,7 +255,7 @@ def kserve_routes(
         if ids is not None:
             rid, uid = ids(request)
         else:
-            rid = uid = os.urandom(16).hex()
+            rid = uid = new_request_id()
 
         def run() -> tuple[dict[str, list[float]], list[Any]]:
             X = model.pipe.matrix(model.pipe.columns(items))

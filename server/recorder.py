@@ -14,17 +14,21 @@ sent, the feature matrix, the answers) and :meth:`Recorder.submit` queues one
 With ``PREDICTION_LOG=off`` the routes build and submit nothing; the store still takes
 feedback.
 
-Cost: building and queueing the rows is ~1 µs per single-row request and ~0.75 µs per
-batch row on the event loop; writing them is the store's work (SQLite: a worker thread of
-this process, several µs per row with the schema's indexes; PostgreSQL: ~2 µs per row of
-COPY encoding here, the rest in the database server). When the store cannot keep up, the
-queue fills (``PredictionLog.max_queue``) and the excess is spooled and replayed later.
+Cost (bench/RESULTS.md, "Prediction log cost"): building and queueing the rows is ~1.5 µs
+per single-row request and ~1 µs per batch row on the event loop; writing them is the
+store's work, on its own thread of this process: ~2.5-3 µs per batch row and ~3-6 µs per
+single-row request (packing and encoding the batch in Python, then the kernel's share of
+writing ~0.5 kB per row: SQLite's WAL and database file, or the socket to PostgreSQL).
+When the store cannot keep up, the queue fills (``PredictionLog.max_queue``) and the
+excess is spooled and replayed later.
 ``intellilog serve --workers N`` gives every worker its own log over the same store and,
 by default, the same spool file.
 
 ``row_id`` is ``f"{uid}:{i}"``: ``uid`` is the request id when the server made it, and a
 fresh server-made id when the client sent ``X-Request-ID`` (client ids need not be unique,
 and ``row_id`` must be: a repeated one is skipped by the store as already written).
+Server-made ids come from :func:`new_request_id` (time first, so the store's key index
+grows at its end).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,7 +57,7 @@ from server.store import (
     store_from_url,
 )
 
-__all__ = ["ARM", "Recorder"]
+__all__ = ["ARM", "Recorder", "new_request_id"]
 
 log = logging.getLogger("intellilog.server")
 
@@ -60,6 +65,18 @@ log = logging.getLogger("intellilog.server")
 ARM = "production"
 #: Seconds between attempts to open a store that was down at start-up.
 REOPEN_INTERVAL_S = 5.0
+
+
+def new_request_id() -> str:
+    """A fresh request id: 32 hex digits, the first 12 the time in milliseconds since the
+    epoch and the other 20 random (the layout of a UUIDv7, without its version bits).
+
+    Row ids start with it, and the store indexes rows by that start
+    (``prediction_keys``): ids that grow with time are appended to the end of that index
+    instead of dirtying a random page of it per request (SQLite writes every dirtied page
+    to its WAL on commit: a 4 KiB page per request for random ids).
+    """
+    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
 
 
 class Recorder:

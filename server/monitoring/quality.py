@@ -339,7 +339,7 @@ def _totals_sql(k: int, ph: Callable[[int], str]) -> tuple[str, str]:
         cols.append(f"SUM(CASE WHEN c >= {p} AND NOT known THEN 1 ELSE 0 END)")
     counts = (
         f"SELECT {', '.join(cols)} FROM ("
-        " SELECT f.completed_at AS c, EXISTS (SELECT 1 FROM predictions p"
+        " SELECT f.completed_at AS c, EXISTS (SELECT 1 FROM prediction_orders p"
         " WHERE p.tenant = f.tenant AND p.order_id = f.order_id) AS known"
         f" FROM feedback f WHERE f.tenant = {ph(1)} AND f.received_at >= {ph(2)}) AS s"
     )
@@ -385,9 +385,11 @@ async def _feedback_totals(
 
         assert isinstance(store, PostgresStore)
         counts_q, newest_q = _totals_sql(k, lambda i: f"${i}")
-        async with store._connection() as conn:
-            row = await conn.fetchrow(counts_q, *params)
-            newest = await conn.fetchval(newest_q, tenant)
+
+        async def read_pg(conn: Any) -> tuple[Any, Any]:
+            return await conn.fetchrow(counts_q, *params), await conn.fetchval(newest_q, tenant)
+
+        row, newest = await store._with_connection(read_pg)
         return _parse_totals(None if row is None else tuple(row), newest, k)
     return None
 

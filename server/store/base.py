@@ -18,6 +18,10 @@ Contracts every implementation keeps:
   one transaction and recorded in ``schema_migrations``; opening again applies nothing.
   A database recorded at a newer version than this code knows refuses to open.
 - Times are epoch seconds (UTC) as floats; features are float32 little-endian bytes.
+- Predictions are stored per written batch (:mod:`server.store.batches`, migration 0002);
+  the ``predictions`` view gives them back one row per prediction with 0001's columns.
+  A row with a missing (None) or mistyped value, or a NUL character in an id, is refused
+  (``StoreDataError``) by both stores alike.
 - Database failures surface as ``StoreError`` (never a driver's own exception type);
   rows the database refuses for their content raise its subclass ``StoreDataError``,
   which retrying cannot fix (the prediction log sets such rows aside, see spool.py).
@@ -74,7 +78,9 @@ class SchemaVersionError(StoreError):
 FEATURE_DTYPE = np.dtype("<f4")
 
 
-class PredictionRow(msgspec.Struct, frozen=True, kw_only=True):
+# gc=False on the row types: they hold only strings, bytes and numbers (no cycles), so the
+# garbage collector need not track the up to 100k rows a prediction log queues.
+class PredictionRow(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One predicted row, as logged off the hot path.
 
     ``row_id`` is the idempotency key (unique per predicted row, e.g.
@@ -97,7 +103,7 @@ class PredictionRow(msgspec.Struct, frozen=True, kw_only=True):
     created_at: float
 
 
-class FeedbackRow(msgspec.Struct, frozen=True, kw_only=True):
+class FeedbackRow(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The actual duration of one delivery, keyed by ``(tenant, order_id)``."""
 
     order_id: str
@@ -123,7 +129,7 @@ class FeedbackResult(msgspec.Struct, frozen=True, kw_only=True):
     spooled: int = 0
 
 
-class JoinedRow(msgspec.Struct, frozen=True, kw_only=True):
+class JoinedRow(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A prediction joined with the feedback for its order: one point of live quality."""
 
     model_version: str

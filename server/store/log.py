@@ -3,7 +3,9 @@
 ``PredictionLog.submit(rows)`` is what the hot path calls: it appends to an in-memory
 queue and returns at once (no await, no I/O). A background task writes the queue to the
 store in batches (``batch_size`` rows, or whatever is queued after ``flush_interval``
-seconds). Rows go to the :class:`~server.store.spool.Spool` instead when
+seconds). A batch takes whole submits while they fit, so the rows of one request reach
+the store in one write (one ``prediction_keys`` entry); a submit larger than
+``batch_size`` is cut. Rows go to the :class:`~server.store.spool.Spool` instead when
 
 - the store raised on a batch (the log then treats the store as down and spools every
   batch until a ping answers again), or
@@ -78,7 +80,8 @@ class PredictionLog:
         self.rows_dropped = 0
         #: store writes that failed
         self.write_errors = 0
-        self._queue: deque[PredictionRow] = deque()
+        self._queue: deque[Sequence[PredictionRow]] = deque()  # one entry per submit
+        self._queued = 0  # rows in _queue
         self._wake = asyncio.Event()  # rows are queued
         self._full = asyncio.Event()  # a whole batch is queued
         self._store_down = False
@@ -86,11 +89,13 @@ class PredictionLog:
         self._closed = False
         self._tasks: list[asyncio.Task[None]] = []
         self._spilling: set[asyncio.Task[None]] = set()
+        # one drain at a time: flush() waits for a batch the writer task is writing
+        self._draining = asyncio.Lock()
 
     @property
     def queue_depth(self) -> int:
         """Rows waiting in memory."""
-        return len(self._queue)
+        return self._queued
 
     @property
     def rows_rejected(self) -> int:
@@ -115,6 +120,8 @@ class PredictionLog:
     def submit(self, rows: Sequence[PredictionRow]) -> None:
         """Queue ``rows`` for the store; never blocks, never raises on database trouble.
 
+        ``rows`` is queued as it is, not copied: do not change it afterwards.
+
         Rows beyond ``max_queue`` are spooled by a background task. After :meth:`close`
         rows are spooled synchronously (a blocking fsync; shutdown only).
         """
@@ -123,18 +130,20 @@ class PredictionLog:
         if self._closed:
             self._spool_sync(rows)
             return
-        room = self.max_queue - len(self._queue)
+        room = self.max_queue - self._queued
         if room >= len(rows):
-            self._queue.extend(rows)
+            self._queue.append(rows)
+            self._queued += len(rows)
         else:
-            room = max(room, 0)
-            self._queue.extend(rows[:room])
-            task = asyncio.ensure_future(self._spool_rows(list(rows[room:])))
+            if room > 0:
+                self._queue.append(rows[:room])
+                self._queued += room
+            task = asyncio.ensure_future(self._spool_rows(list(rows[max(room, 0) :])))
             self._spilling.add(task)
             task.add_done_callback(self._spilling.discard)
-        if len(self._queue) >= self.batch_size:
+        if self._queued >= self.batch_size:
             self._full.set()
-        if self._queue:
+        if self._queued:
             self._wake.set()
 
     async def write_feedback_durable(self, rows: Sequence[FeedbackRow]) -> FeedbackResult:
@@ -223,27 +232,42 @@ class PredictionLog:
     async def _writer(self) -> None:
         while True:
             await self._wake.wait()
-            if not self._closing and len(self._queue) < self.batch_size:
+            if not self._closing and self._queued < self.batch_size:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._full.wait(), self.flush_interval)
             await self._drain()
-            if self._closing and not self._queue:
+            if self._closing and not self._queued:
                 return
 
+    def _take(self) -> list[PredictionRow]:
+        """The next batch: whole submits while they fit in ``batch_size`` rows (the first
+        one cut when it alone is larger)."""
+        queue, size = self._queue, self.batch_size
+        first = queue.popleft()
+        if len(first) > size:
+            queue.appendleft(first[size:])
+            first = first[:size]
+        batch = list(first)
+        while queue and len(batch) + len(queue[0]) <= size:
+            batch.extend(queue.popleft())
+        self._queued -= len(batch)
+        return batch
+
     async def _drain(self) -> None:
-        while self._queue:
-            n = min(len(self._queue), self.batch_size)
-            batch = [self._queue.popleft() for _ in range(n)]
-            try:
-                await self._write(batch)
-            except asyncio.CancelledError:
-                # cancelled mid-write: the batch may or may not be committed; spooling it
-                # (and the rest) is safe, a replay skips what the store already holds
-                self._spool_sync(batch + list(self._queue))
-                self._queue.clear()
-                raise
-        self._wake.clear()
-        self._full.clear()
+        async with self._draining:
+            while self._queue:
+                batch = self._take()
+                try:
+                    await self._write(batch)
+                except asyncio.CancelledError:
+                    # cancelled mid-write: the batch may or may not be committed; spooling
+                    # it (and the rest) is safe, a replay skips what the store already holds
+                    self._spool_sync(batch + [r for rows in self._queue for r in rows])
+                    self._queue.clear()
+                    self._queued = 0
+                    raise
+            self._wake.clear()
+            self._full.clear()
 
     async def _write(self, batch: list[PredictionRow]) -> None:
         if not self._store_down:

@@ -1,15 +1,23 @@
 """The production store: PostgreSQL through asyncpg with a connection pool.
 
-Batches go in with ``COPY`` (``copy_records_to_table``) into a per-connection staging
-table (``ON COMMIT DELETE ROWS``), then one ``INSERT ... SELECT ... ON CONFLICT`` moves
-them into place, all in one transaction:
+Predictions are stored per written batch (:mod:`server.store.batches`, the layout of
+SQLite's): one row of ``prediction_batches`` per batch, its small columns as one JSON
+text and its inputs and features as two ``bytea``, inserted with its ``prediction_keys``
+and ``prediction_orders`` rows by one statement. Lists travel as JSON text parameters
+(asyncpg's array encoder checks every element against ``collections.abc`` types: several
+µs per row of the server's CPU); the database unpacks them. Prediction writes and prunes
+hold a transaction-scoped advisory lock, so two processes replaying the same rows at once
+cannot both find them new; the ``predictions`` view unpacks the batches for SQL.
 
-- predictions: ``ON CONFLICT (row_id) DO NOTHING``, so replays are idempotent;
-- feedback: ``ON CONFLICT (tenant, order_id) DO UPDATE ... WHERE`` the incoming row is at
-  least as recent (``received_at``); ``RETURNING (xmax = 0)`` tells inserted rows from
-  updated ones.
+Feedback goes in with ``COPY`` (``copy_records_to_table``) into a per-connection staging
+table (``ON COMMIT DELETE ROWS``), then one ``INSERT ... SELECT ... ON CONFLICT (tenant,
+order_id) DO UPDATE ... WHERE`` the incoming row is at least as recent (``received_at``);
+``RETURNING (xmax = 0)`` tells inserted rows from updated ones.
 
-Migrations run under a transaction-scoped advisory lock, so several server processes
+All database work runs on the store's own thread, with its own event loop and the pool's
+connections: a write is two hops of the server's busy event loop (hand over, result)
+instead of one per round trip (begin, lock, check, insert, commit), so the prediction log
+keeps up under load instead of spooling. Migrations run under a transaction-scoped advisory lock, so several server processes
 starting at once apply them exactly once. Connection failures, timeouts and server
 errors become StoreError; the pool reconnects by itself once the server is back.
 """
@@ -17,11 +25,13 @@ errors become StoreError; the pool reconnects by itself once the server is back.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
+import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import asyncpg
 
@@ -38,6 +48,18 @@ from server.store.base import (
     group_features,
     load_migrations,
     redact_url,
+)
+from server.store.batches import (
+    MAX_BATCH_ROWS,
+    ORDER_SLACK_S,
+    Batch,
+    encode,
+    json_of,
+    pack,
+    pick_recent,
+    rows_of,
+    to_json,
+    unique,
 )
 
 __all__ = ["PostgresStore"]
@@ -60,31 +82,6 @@ _DB_ERRORS: tuple[type[BaseException], ...] = (
     TimeoutError,
 )
 
-_PRED_COLS = (
-    "row_id",
-    "request_id",
-    "order_id",
-    "tenant",
-    "model_version",
-    "arm",
-    "inputs",
-    "features",
-    "eta",
-    "p10",
-    "p90",
-    "created_at",
-)
-_PRED_LIST = ", ".join(_PRED_COLS)
-
-_PRED_STAGING = (
-    "CREATE TEMP TABLE IF NOT EXISTS predictions_in "
-    "(LIKE predictions INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-)
-_INSERT_PREDICTIONS = (
-    f"INSERT INTO predictions ({_PRED_LIST}) SELECT {_PRED_LIST} FROM predictions_in "
-    "ON CONFLICT (row_id) DO NOTHING"
-)
-
 _FB_COLS = ("ord", "tenant", "order_id", "actual_minutes", "completed_at", "received_at")
 _FB_STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS feedback_in (
@@ -94,7 +91,7 @@ CREATE TEMP TABLE IF NOT EXISTS feedback_in (
 """
 _COUNT_UNKNOWN = """
 SELECT count(*) FROM feedback_in AS s
-WHERE NOT EXISTS (SELECT 1 FROM predictions p WHERE p.tenant = s.tenant AND p.order_id = s.order_id)
+WHERE NOT EXISTS (SELECT 1 FROM prediction_orders o WHERE o.tenant = s.tenant AND o.order_id = s.order_id)
 """
 # One row per key (the latest received; a tie goes to the later row of the batch):
 # ON CONFLICT DO UPDATE may not touch the same row twice in one statement.
@@ -110,19 +107,111 @@ WHERE excluded.received_at >= f.received_at
 RETURNING (xmax = 0) AS inserted
 """
 
+#: Key of the advisory lock held by prediction writes and prunes.
+_PREDICTION_LOCK = 0x1E7E_11_07
+
+# LATERAL: one index lookup per prefix (a semi-join may hash the whole table instead).
+_CANDIDATES = """
+SELECT DISTINCT k.batch_id
+FROM json_array_elements_text($1::json) AS p (prefix)
+CROSS JOIN LATERAL (SELECT batch_id FROM prediction_keys WHERE prefix = p.prefix) AS k
+"""
+
+_STORED_IDS = """
+SELECT r.value ->> 0 FROM prediction_batches AS b, json_array_elements(b.rows) AS r (value)
+WHERE b.batch_id = ANY($1::bigint[])
+  AND (r.value ->> 0) IN (SELECT json_array_elements_text($2::json))
+"""
+
+# One statement per batch: the batch, its keys, and its orders ([[order_id, newest], ...]);
+# last_created moves forward only past the slack.
+_INSERT_BATCH = f"""
+WITH b AS (
+    INSERT INTO prediction_batches (tenant, model_version, arm, n, width, created_min,
+                                    created_max, rows, inputs, features)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8::json, $9, $10)
+    RETURNING batch_id
+), k AS (
+    INSERT INTO prediction_keys (prefix, batch_id)
+    SELECT p, b.batch_id FROM b, json_array_elements_text($11::json) AS p
+    ON CONFLICT DO NOTHING
+)
+INSERT INTO prediction_orders AS o (tenant, order_id, last_created)
+SELECT $1, e.value ->> 0, (e.value ->> 1)::double precision
+FROM json_array_elements($12::json) AS e (value)
+ON CONFLICT (tenant, order_id) DO UPDATE SET last_created = excluded.last_created
+WHERE excluded.last_created > o.last_created + {ORDER_SLACK_S!r}
+"""
+
 _JOINED = """
-SELECT p.model_version, p.arm, p.eta, p.p10, p.p90, f.actual_minutes, p.created_at,
-       f.completed_at
-FROM predictions p JOIN feedback f ON f.tenant = p.tenant AND f.order_id = p.order_id
-WHERE p.tenant = $1 AND p.created_at >= $2 AND p.created_at < $3
-ORDER BY p.created_at, p.row_id
+SELECT b.model_version, b.arm, (r.value ->> 3)::double precision AS eta,
+       (r.value ->> 4)::double precision, (r.value ->> 5)::double precision,
+       f.actual_minutes, (r.value ->> 6)::double precision AS created_at, f.completed_at
+FROM prediction_batches AS b
+CROSS JOIN LATERAL json_array_elements(b.rows) AS r (value)
+JOIN feedback AS f ON f.tenant = b.tenant AND f.order_id = r.value ->> 2
+WHERE b.tenant = $1 AND b.created_max >= $2 AND b.created_min < $3
+  AND (r.value ->> 6)::double precision >= $2 AND (r.value ->> 6)::double precision < $3
+ORDER BY created_at, r.value ->> 0
+"""
+
+_RECENT_META = """
+SELECT batch_id, created_min, created_max, n FROM prediction_batches
+WHERE tenant = $1 AND created_max >= $2
+ORDER BY created_max DESC
 """
 
 _RECENT = """
-SELECT model_version, features, eta FROM predictions
-WHERE tenant = $1 AND created_at >= $2
-ORDER BY created_at DESC, row_id DESC LIMIT $3
+SELECT b.model_version,
+       substring(b.features FROM ((r.pos - 1) * b.width + 1)::integer FOR b.width),
+       (r.value ->> 3)::double precision
+FROM prediction_batches AS b
+CROSS JOIN LATERAL json_array_elements(b.rows) WITH ORDINALITY AS r (value, pos)
+WHERE b.batch_id = ANY($1::bigint[]) AND (r.value ->> 6)::double precision >= $2
+ORDER BY (r.value ->> 6)::double precision DESC, r.value ->> 0 DESC LIMIT $3
 """
+
+_BATCH_ROWS = """
+SELECT tenant, model_version, arm, width, rows::text, inputs, features
+FROM prediction_batches WHERE batch_id = ANY($1::bigint[])
+"""
+
+# The keys of the rows of the batches that prune deletes (key_prefix in SQL).
+_DELETE_KEYS = """
+DELETE FROM prediction_keys AS k
+USING (SELECT DISTINCT split_part(r.value ->> 0, ':', 1) AS prefix, b.batch_id
+       FROM prediction_batches AS b, json_array_elements(b.rows) AS r (value)
+       WHERE b.batch_id = ANY($1::bigint[])) AS d
+WHERE k.prefix = d.prefix AND k.batch_id = d.batch_id
+"""
+
+# After a prune: orders whose last_created is before the cut either have no prediction
+# left, or (by the slack invariant) only ones made before cut + slack; those set it anew.
+_REFRESH_ORDERS = f"""
+UPDATE prediction_orders AS o SET last_created = live.last
+FROM (SELECT b.tenant, r.value ->> 2 AS order_id,
+             max((r.value ->> 6)::double precision) AS last
+      FROM prediction_batches AS b, json_array_elements(b.rows) AS r (value)
+      WHERE b.created_min < $1 + {ORDER_SLACK_S!r} AND r.value ->> 2 IS NOT NULL
+      GROUP BY 1, 2) AS live
+WHERE o.tenant = live.tenant AND o.order_id = live.order_id AND o.last_created < $1
+"""
+
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+
+def _on_store_thread(
+    method: Callable[Concatenate[PostgresStore, P], Coroutine[Any, Any, T]],
+) -> Callable[Concatenate[PostgresStore, P], Coroutine[Any, Any, T]]:
+    """Run the method on the store's thread (its event loop owns the connections)."""
+
+    @functools.wraps(method)
+    async def run(self: PostgresStore, *args: P.args, **kwargs: P.kwargs) -> T:
+        return await self._hop(method(self, *args, **kwargs))
+
+    return run
 
 
 def _count(status: str) -> int:
@@ -150,7 +239,29 @@ class PostgresStore(Store):
         self._connect_timeout = connect_timeout
         self._command_timeout = command_timeout
         self._pool_size = pool_size
-        self._pool: Any = None  # asyncpg.Pool once open
+        self._pool: Any = None  # asyncpg.Pool once open (used on the store's thread only)
+        self._loop: asyncio.AbstractEventLoop | None = None  # the store thread's loop
+        self._thread: threading.Thread | None = None
+
+    async def _hop(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Await ``coro`` on the store's thread (directly when already there)."""
+        loop = self._loop
+        if loop is None:
+            coro.close()
+            raise StoreError(f"{self.url}: the store is not open (call open() first)")
+        if asyncio.get_running_loop() is loop:
+            return await coro
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
+
+    async def _with_connection(self, fn: Callable[[Any], Awaitable[T]]) -> T:
+        """``fn(conn)`` with a pooled connection on the store's thread, errors as for the
+        store's own queries (for read-only helpers outside the Store protocol)."""
+
+        async def run() -> T:
+            async with self._connection() as conn:
+                return await fn(conn)
+
+        return await self._hop(run())
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[Any]:
@@ -168,8 +279,19 @@ class PostgresStore(Store):
     # -- lifecycle ------------------------------------------------------------------
 
     async def open(self) -> None:
-        if self._pool is not None:
+        if self._loop is not None:
             return
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name="intellilog-postgres", daemon=True)
+        thread.start()
+        self._loop, self._thread = loop, thread
+        try:
+            await self._hop(self._open())
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _open(self) -> None:
         try:
             self._pool = await asyncpg.create_pool(
                 self._dsn,
@@ -182,13 +304,21 @@ class PostgresStore(Store):
             raise StoreError(
                 f"cannot connect to DATABASE_URL={self.url!r}: {type(e).__name__}: {e}"
             ) from e
-        try:
-            await self.migrate()
-        except BaseException:
-            await self.close()
-            raise
+        await self.migrate()
 
     async def close(self) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        try:
+            await self._hop(self._close_pool())
+        finally:
+            self._loop = self._thread = None
+            loop.call_soon_threadsafe(loop.stop)
+            await asyncio.to_thread(thread.join)
+            loop.close()
+
+    async def _close_pool(self) -> None:
         pool, self._pool = self._pool, None
         if pool is None:
             return
@@ -197,6 +327,7 @@ class PostgresStore(Store):
         except Exception:  # a connection stuck or already broken: drop them all
             pool.terminate()
 
+    @_on_store_thread
     async def migrate(self) -> int:
         migrations = load_migrations("postgres")
         async with self._connection() as conn, conn.transaction():
@@ -210,6 +341,8 @@ class PostgresStore(Store):
             pending = [m for m in migrations if m.version > current]
             for m in pending:
                 await conn.execute(m.sql)
+                if m.version == 2:  # 0002 renamed 0001's table; its rows move into batches
+                    await self._move_v1_rows(conn)
                 await conn.execute(
                     "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
                     m.version,
@@ -218,6 +351,7 @@ class PostgresStore(Store):
                 )
         return len(pending)
 
+    @_on_store_thread
     async def schema_version(self) -> int:
         async with self._connection() as conn:
             if await conn.fetchval("SELECT to_regclass('schema_migrations')") is None:
@@ -227,40 +361,81 @@ class PostgresStore(Store):
             )
 
     async def ping(self) -> bool:
+        async def probe(conn: Any) -> None:
+            await conn.fetchval("SELECT 1", timeout=self._connect_timeout)
+
         try:
-            async with self._connection() as conn:
-                await conn.fetchval("SELECT 1", timeout=self._connect_timeout)
+            await self._with_connection(probe)
         except Exception:
             return False
         return True
 
     # -- writes ---------------------------------------------------------------------
 
+    @_on_store_thread
     async def write_predictions(self, rows: Sequence[PredictionRow]) -> int:
         if not rows:
             return 0
-        records = [
-            (
-                r.row_id,
-                r.request_id,
-                r.order_id,
-                r.tenant,
-                r.model_version,
-                r.arm,
-                r.inputs,
-                r.features,
-                r.eta,
-                r.p10,
-                r.p90,
-                r.created_at,
-            )
-            for r in rows
-        ]
         async with self._connection() as conn, conn.transaction():
-            await conn.execute(_PRED_STAGING)
-            await conn.copy_records_to_table("predictions_in", records=records, columns=_PRED_COLS)
-            return _count(await conn.execute(_INSERT_PREDICTIONS))
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _PREDICTION_LOCK)
+            return await self._write_rows(conn, rows)
 
+    async def _write_rows(self, conn: Any, rows: Sequence[PredictionRow]) -> int:
+        """Store the rows not stored yet as batches (in the caller's transaction, which
+        holds the prediction lock)."""
+        new, prefixes = unique(rows, self.url)
+        keys = json_of(prefixes, self.url).decode()
+        candidates = [r[0] for r in await conn.fetch(_CANDIDATES, keys)]
+        if candidates:  # a replay, or a request split across two writes: compare row ids
+            ids = json_of([r.row_id for r in new], self.url).decode()
+            stored = {r[0] for r in await conn.fetch(_STORED_IDS, candidates, ids)}
+            if stored:
+                new = [r for r in new if r.row_id not in stored]
+        batches = pack(new, self.url)
+        for b in batches:
+            if len(batches) > 1 or len(new) < len(rows):
+                keys = json_of(b.prefixes(), self.url).decode()
+            await self._insert_batch(conn, b, keys)
+        return len(new)
+
+    async def _insert_batch(self, conn: Any, b: Batch, keys: str) -> None:
+        rows, inputs = encode(b, self.url)
+        if b"\x00" in inputs:  # PostgreSQL text cannot hold it: the view could not read it
+            raise StoreDataError(f"{self.url}: rows refused: an input holds a NUL character")
+        await conn.execute(
+            _INSERT_BATCH,
+            b.tenant,
+            b.model_version,
+            b.arm,
+            b.n,
+            b.width,
+            b.created_min,
+            b.created_max,
+            rows.decode(),
+            inputs,
+            b.features,
+            keys,
+            to_json(list(b.latest_orders().items())).decode(),
+        )
+
+    async def _move_v1_rows(self, conn: Any) -> None:
+        """Migration 0002: the rows of 0001's table (renamed predictions_v1) into batches,
+        oldest first per tenant, model version and arm; then drop that table."""
+        await conn.execute(
+            "DECLARE v1_rows NO SCROLL CURSOR FOR"
+            " SELECT row_id, request_id, order_id, tenant, model_version, arm, inputs, features,"
+            " eta, p10, p90, created_at FROM predictions_v1"
+            " ORDER BY tenant, model_version, arm, created_at, row_id"
+        )
+        names = PredictionRow.__struct_fields__
+        while chunk := await conn.fetch(f"FETCH {MAX_BATCH_ROWS} FROM v1_rows"):
+            await self._write_rows(
+                conn, [PredictionRow(**dict(zip(names, r, strict=True))) for r in chunk]
+            )
+        await conn.execute("CLOSE v1_rows")
+        await conn.execute("DROP TABLE predictions_v1")
+
+    @_on_store_thread
     async def write_feedback(self, rows: Sequence[FeedbackRow]) -> FeedbackResult:
         if not rows:
             return FeedbackResult()
@@ -276,14 +451,39 @@ class PostgresStore(Store):
         inserted = sum(1 for f in flags if f["inserted"])
         return FeedbackResult(inserted=inserted, updated=len(rows) - inserted, unknown=unknown)
 
+    @_on_store_thread
     async def prune(self, older_than: float) -> int:
         async with self._connection() as conn, conn.transaction():
-            n = await conn.execute("DELETE FROM predictions WHERE created_at < $1", older_than)
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _PREDICTION_LOCK)
+            old = await conn.fetch(
+                "SELECT batch_id, n, created_max FROM prediction_batches WHERE created_min < $1",
+                older_than,
+            )
+            doomed = [r["batch_id"] for r in old]
+            gone = sum(r["n"] for r in old if r["created_max"] < older_than)
+            part = [r["batch_id"] for r in old if r["created_max"] >= older_than]
+            kept: list[PredictionRow] = []
+            if part:  # batches with rows on both sides of the cut: rewritten with the rest
+                for rec in await conn.fetch(_BATCH_ROWS, part):
+                    decoded = rows_of(*rec)
+                    left = [r for r in decoded if r.created_at >= older_than]
+                    gone += len(decoded) - len(left)
+                    kept.extend(left)
+            if doomed:
+                await conn.execute(_DELETE_KEYS, doomed)
+                await conn.execute(
+                    "DELETE FROM prediction_batches WHERE batch_id = ANY($1::bigint[])", doomed
+                )
+            if kept:
+                await self._write_rows(conn, kept)
+            await conn.execute(_REFRESH_ORDERS, older_than)
+            await conn.execute("DELETE FROM prediction_orders WHERE last_created < $1", older_than)
             m = await conn.execute("DELETE FROM feedback WHERE received_at < $1", older_than)
-        return _count(n) + _count(m)
+        return gone + _count(m)
 
     # -- reads ----------------------------------------------------------------------
 
+    @_on_store_thread
     async def joined(
         self, tenant: str, since: float, until: float | None = None
     ) -> list[JoinedRow]:
@@ -304,9 +504,14 @@ class PostgresStore(Store):
             for r in recs
         ]
 
+    @_on_store_thread
     async def recent_features(
         self, tenant: str, since: float, limit: int = 10_000
     ) -> list[FeatureSample]:
         async with self._connection() as conn:
-            recs = await conn.fetch(_RECENT, tenant, since, limit)
+            meta = await conn.fetch(_RECENT_META, tenant, since)
+            chosen = pick_recent((tuple(m) for m in meta), since, limit)
+            if not chosen:
+                return []
+            recs = await conn.fetch(_RECENT, chosen, since, limit)
         return group_features([(r[0], r[1], r[2]) for r in recs])

@@ -3,9 +3,14 @@
 One connection lives on one dedicated worker thread; every call runs there, so the
 event loop never blocks on disk I/O and the connection is never shared between threads.
 The database runs in WAL mode with ``synchronous=FULL``: a write that returned is on disk.
-Each ``write_*`` call is one ``BEGIN IMMEDIATE`` ... ``COMMIT`` transaction using
-``executemany``. Several processes may open the same file (writers queue on SQLite's
-lock, waiting up to ``busy_timeout``).
+Each ``write_*`` call is one ``BEGIN IMMEDIATE`` ... ``COMMIT`` transaction. Several
+processes may open the same file (writers queue on SQLite's lock, waiting up to
+``busy_timeout``).
+
+Predictions are stored per written batch (:mod:`server.store.batches`): a batch is one
+row of ``prediction_batches`` holding a JSON array of the rows' small columns (msgspec
+writes floats exactly; ``json_extract`` reads them back for the ``predictions`` view) and
+two blobs (inputs, features). The store's own reads decode the JSON with msgspec.
 """
 
 from __future__ import annotations
@@ -33,6 +38,19 @@ from server.store.base import (
     group_features,
     load_migrations,
 )
+from server.store.batches import (
+    MAX_BATCH_ROWS,
+    ORDER_SLACK_S,
+    Batch,
+    decode_rows,
+    encode,
+    json_of,
+    pack,
+    pick_recent,
+    rows_of,
+    to_json,
+    unique,
+)
 
 __all__ = ["SqliteStore"]
 
@@ -47,13 +65,6 @@ _DATA_ERRORS = (
     sqlite3.ProgrammingError,
 )
 
-_INSERT_PREDICTION = """
-INSERT INTO predictions (row_id, request_id, order_id, tenant, model_version, arm, inputs,
-                         features, eta, p10, p90, created_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (row_id) DO NOTHING
-"""
-
 _FEEDBACK_STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS feedback_in (
     ord INTEGER PRIMARY KEY, tenant TEXT NOT NULL, order_id TEXT NOT NULL,
@@ -67,7 +78,7 @@ WHERE NOT EXISTS (SELECT 1 FROM feedback f WHERE f.tenant = s.tenant AND f.order
 
 _COUNT_UNKNOWN = """
 SELECT count(*) FROM feedback_in AS s
-WHERE NOT EXISTS (SELECT 1 FROM predictions p WHERE p.tenant = s.tenant AND p.order_id = s.order_id)
+WHERE NOT EXISTS (SELECT 1 FROM prediction_orders o WHERE o.tenant = s.tenant AND o.order_id = s.order_id)
 """
 
 # "WHERE true" resolves SQLite's parsing ambiguity of INSERT ... SELECT ... ON CONFLICT.
@@ -81,18 +92,86 @@ ON CONFLICT (tenant, order_id) DO UPDATE SET
 WHERE excluded.received_at >= feedback.received_at
 """
 
-_JOINED = """
-SELECT p.model_version, p.arm, p.eta, p.p10, p.p90, f.actual_minutes, p.created_at,
-       f.completed_at
-FROM predictions p JOIN feedback f ON f.tenant = p.tenant AND f.order_id = p.order_id
-WHERE p.tenant = ? AND p.created_at >= ? AND p.created_at < ?
-ORDER BY p.created_at, p.row_id
+# -- predictions, stored per batch (server/store/batches.py, migration 0002) ------------
+
+_INSERT_BATCH = """
+INSERT INTO prediction_batches (tenant, model_version, arm, n, width, created_min, created_max,
+                                rows, inputs, features)
+VALUES (?, ?, ?, ?, ?, ?, ?, CAST(? AS TEXT), ?, ?)
 """
 
-_RECENT = """
-SELECT model_version, features, eta FROM predictions
-WHERE tenant = ? AND created_at >= ?
-ORDER BY created_at DESC, row_id DESC LIMIT ?
+_INSERT_KEYS = """
+INSERT INTO prediction_keys (prefix, batch_id)
+SELECT value, ?1 FROM json_each(CAST(?2 AS TEXT)) WHERE true ON CONFLICT DO NOTHING
+"""
+
+# The newest prediction of each order in a batch: [[order_id, created_at], ...].
+_UPSERT_ORDERS = f"""
+INSERT INTO prediction_orders (tenant, order_id, last_created)
+SELECT ?1, json_extract(value, '$[0]'), json_extract(value, '$[1]')
+FROM json_each(CAST(?2 AS TEXT)) WHERE true
+ON CONFLICT (tenant, order_id) DO UPDATE SET last_created = excluded.last_created
+WHERE excluded.last_created > prediction_orders.last_created + {ORDER_SLACK_S!r}
+"""
+
+_CANDIDATES = """
+SELECT DISTINCT batch_id FROM prediction_keys
+WHERE prefix IN (SELECT value FROM json_each(CAST(? AS TEXT)))
+"""
+
+_STORED_IDS = """
+SELECT json_extract(r.value, '$[0]') FROM prediction_batches AS b, json_each(b.rows) AS r
+WHERE b.batch_id IN (SELECT value FROM json_each(CAST(?1 AS TEXT)))
+  AND json_extract(r.value, '$[0]') IN (SELECT value FROM json_each(CAST(?2 AS TEXT)))
+"""
+
+_BATCH_COLS = "batch_id, tenant, model_version, arm, width, rows, inputs, features"
+
+_JOINED_BATCHES = """
+SELECT model_version, arm, rows FROM prediction_batches
+WHERE tenant = ? AND created_max >= ? AND created_min < ?
+ORDER BY batch_id
+"""
+
+_FEEDBACK_OF = """
+SELECT order_id, actual_minutes, completed_at FROM feedback
+WHERE tenant = ? AND order_id IN (SELECT value FROM json_each(CAST(? AS TEXT)))
+"""
+
+_RECENT_META = """
+SELECT batch_id, created_min, created_max, n FROM prediction_batches
+WHERE tenant = ? AND created_max >= ?
+ORDER BY created_max DESC
+"""
+
+_RECENT_BATCHES = """
+SELECT model_version, width, rows, features FROM prediction_batches
+WHERE batch_id IN (SELECT value FROM json_each(CAST(? AS TEXT)))
+"""
+
+# The keys of the rows of the batches that prune deletes (key_prefix in SQL).
+_DELETE_KEYS = """
+DELETE FROM prediction_keys WHERE (prefix, batch_id) IN (
+    SELECT DISTINCT CASE WHEN instr(json_extract(r.value, '$[0]'), ':') > 0
+                         THEN substr(json_extract(r.value, '$[0]'), 1,
+                                     instr(json_extract(r.value, '$[0]'), ':') - 1)
+                         ELSE json_extract(r.value, '$[0]') END,
+           b.batch_id
+    FROM prediction_batches AS b, json_each(b.rows) AS r
+    WHERE b.batch_id IN (SELECT value FROM json_each(CAST(? AS TEXT))))
+"""
+
+# After a prune: orders whose last_created is before the cut either have no prediction
+# left, or (by the slack invariant) only ones made before cut + slack; those set it anew.
+_REFRESH_ORDERS = f"""
+UPDATE prediction_orders SET last_created = live.last
+FROM (SELECT b.tenant AS tenant, json_extract(r.value, '$[2]') AS order_id,
+             max(json_extract(r.value, '$[6]')) AS last
+      FROM prediction_batches AS b, json_each(b.rows) AS r
+      WHERE b.created_min < ?1 + {ORDER_SLACK_S!r} AND json_extract(r.value, '$[2]') IS NOT NULL
+      GROUP BY 1, 2) AS live
+WHERE prediction_orders.tenant = live.tenant AND prediction_orders.order_id = live.order_id
+  AND prediction_orders.last_created < ?1
 """
 
 
@@ -201,6 +280,8 @@ class SqliteStore(Store):
             for m in pending:
                 for stmt in _statements(m.sql):
                     conn.execute(stmt)
+                if m.version == 2:  # 0002 renamed 0001's table; its rows move into batches
+                    self._move_v1_rows(conn)
                 conn.execute(
                     "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
                     (m.version, m.name, time.time()),
@@ -233,30 +314,63 @@ class SqliteStore(Store):
     async def write_predictions(self, rows: Sequence[PredictionRow]) -> int:
         if not rows:
             return 0
-        params = [
+        return await self._call(self._tx, functools.partial(self._write_rows, rows=rows))
+
+    def _write_rows(self, conn: sqlite3.Connection, rows: Sequence[PredictionRow]) -> int:
+        """Store the rows not stored yet as batches (inside the caller's transaction)."""
+        new, prefixes = unique(rows, self.url)
+        keys = json_of(prefixes, self.url)
+        candidates = [b for (b,) in conn.execute(_CANDIDATES, (keys,)).fetchall()]
+        if candidates:  # a replay, or a request split across two writes: compare row ids
+            ids = json_of([r.row_id for r in new], self.url)
+            stored = {i for (i,) in conn.execute(_STORED_IDS, (to_json(candidates), ids))}
+            if stored:
+                new = [r for r in new if r.row_id not in stored]
+        batches = pack(new, self.url)
+        for b in batches:
+            if len(batches) > 1 or len(new) < len(rows):
+                keys = json_of(b.prefixes(), self.url)
+            self._insert_batch(conn, b, keys)
+        return len(new)
+
+    def _insert_batch(self, conn: sqlite3.Connection, b: Batch, keys: bytes) -> None:
+        """One stored batch with its keys (``keys``: JSON of its row ids' prefixes) and
+        the newest prediction of each of its orders."""
+        rows, inputs = encode(b, self.url)
+        cur = conn.execute(
+            _INSERT_BATCH,
             (
-                r.row_id,
-                r.request_id,
-                r.order_id,
-                r.tenant,
-                r.model_version,
-                r.arm,
-                r.inputs,
-                r.features,
-                r.eta,
-                r.p10,
-                r.p90,
-                r.created_at,
+                b.tenant,
+                b.model_version,
+                b.arm,
+                b.n,
+                b.width,
+                b.created_min,
+                b.created_max,
+                rows,
+                inputs,
+                b.features,
+            ),
+        )
+        conn.execute(_INSERT_KEYS, (cur.lastrowid, keys))
+        latest = b.latest_orders()
+        if latest:
+            conn.execute(_UPSERT_ORDERS, (b.tenant, json_of(list(latest.items()), self.url)))
+
+    def _move_v1_rows(self, conn: sqlite3.Connection) -> None:
+        """Migration 0002: the rows of 0001's table (renamed predictions_v1) into batches,
+        oldest first per tenant, model version and arm; then drop that table."""
+        cur = conn.execute(
+            "SELECT row_id, request_id, order_id, tenant, model_version, arm, inputs, features,"
+            " eta, p10, p90, created_at FROM predictions_v1"
+            " ORDER BY tenant, model_version, arm, created_at, row_id"
+        )
+        names = PredictionRow.__struct_fields__
+        while chunk := cur.fetchmany(MAX_BATCH_ROWS):
+            self._write_rows(
+                conn, [PredictionRow(**dict(zip(names, r, strict=True))) for r in chunk]
             )
-            for r in rows
-        ]
-
-        def write(conn: sqlite3.Connection) -> int:
-            before = conn.total_changes
-            conn.executemany(_INSERT_PREDICTION, params)
-            return conn.total_changes - before
-
-        return await self._call(self._tx, write)
+        conn.execute("DROP TABLE predictions_v1")
 
     async def write_feedback(self, rows: Sequence[FeedbackRow]) -> FeedbackResult:
         if not rows:
@@ -279,9 +393,39 @@ class SqliteStore(Store):
 
     async def prune(self, older_than: float) -> int:
         def delete(conn: sqlite3.Connection) -> int:
-            n = conn.execute("DELETE FROM predictions WHERE created_at < ?", (older_than,))
+            gone = straddle = 0
+            old = conn.execute(
+                "SELECT batch_id, n, created_max FROM prediction_batches WHERE created_min < ?",
+                (older_than,),
+            ).fetchall()
+            whole = [bid for bid, _, cmax in old if cmax < older_than]
+            part = [bid for bid, _, cmax in old if cmax >= older_than]
+            gone = sum(n for _, n, cmax in old if cmax < older_than)
+            kept: list[PredictionRow] = []
+            if part:  # batches with rows on both sides of the cut: rewritten with the rest
+                cur = conn.execute(
+                    f"SELECT {_BATCH_COLS} FROM prediction_batches"
+                    " WHERE batch_id IN (SELECT value FROM json_each(CAST(? AS TEXT)))",
+                    (to_json(part),),
+                )
+                for _, tenant, version, arm, width, rows, inputs, features in cur.fetchall():
+                    decoded = rows_of(tenant, version, arm, width, rows, inputs, features)
+                    left = [r for r in decoded if r.created_at >= older_than]
+                    straddle += len(decoded) - len(left)
+                    kept.extend(left)
+            doomed = to_json(whole + part)
+            conn.execute(_DELETE_KEYS, (doomed,))
+            conn.execute(
+                "DELETE FROM prediction_batches"
+                " WHERE batch_id IN (SELECT value FROM json_each(CAST(? AS TEXT)))",
+                (doomed,),
+            )
+            if kept:
+                self._write_rows(conn, kept)
+            conn.execute(_REFRESH_ORDERS, (older_than,))
+            conn.execute("DELETE FROM prediction_orders WHERE last_created < ?", (older_than,))
             m = conn.execute("DELETE FROM feedback WHERE received_at < ?", (older_than,))
-            return n.rowcount + m.rowcount
+            return gone + straddle + m.rowcount
 
         return await self._call(self._tx, delete)
 
@@ -293,19 +437,32 @@ class SqliteStore(Store):
         end = math.inf if until is None else until
 
         def read() -> list[JoinedRow]:
-            cur = self._db.execute(_JOINED, (tenant, since, end))
+            db = self._db
+            found: list[tuple[float, str, str, str, str, float, float, float]] = []
+            for version, arm, rows in db.execute(_JOINED_BATCHES, (tenant, since, end)):
+                found.extend(
+                    (created, rid, order, version, arm, eta, p10, p90)
+                    for rid, _, order, eta, p10, p90, created, _, _ in decode_rows(rows)
+                    if order is not None and since <= created < end
+                )
+            if not found:
+                return []
+            orders = to_json(list({f[2] for f in found}))
+            actual = {o: (a, c) for o, a, c in db.execute(_FEEDBACK_OF, (tenant, orders))}
+            found = [f for f in found if f[2] in actual]
+            found.sort(key=lambda f: (f[0], f[1]))
             return [
                 JoinedRow(
-                    model_version=r[0],
-                    arm=r[1],
-                    eta=r[2],
-                    p10=r[3],
-                    p90=r[4],
-                    actual=r[5],
-                    created_at=r[6],
-                    completed_at=r[7],
+                    model_version=version,
+                    arm=arm,
+                    eta=eta,
+                    p10=p10,
+                    p90=p90,
+                    actual=actual[order][0],
+                    created_at=created,
+                    completed_at=actual[order][1],
                 )
-                for r in cur
+                for created, _, order, version, arm, eta, p10, p90 in found
             ]
 
         return await self._call(read)
@@ -314,6 +471,18 @@ class SqliteStore(Store):
         self, tenant: str, since: float, limit: int = 10_000
     ) -> list[FeatureSample]:
         def read() -> list[tuple[str, bytes, float]]:
-            return list(self._db.execute(_RECENT, (tenant, since, limit)))
+            db = self._db
+            chosen = pick_recent(db.execute(_RECENT_META, (tenant, since)), since, limit)
+            if not chosen:
+                return []
+            found: list[tuple[float, str, str, bytes, float]] = []
+            for version, width, rows, features in db.execute(_RECENT_BATCHES, (to_json(chosen),)):
+                found.extend(
+                    (created, rid, version, features[i * width : (i + 1) * width], eta)
+                    for i, (rid, _, _, eta, _, _, created, _, _) in enumerate(decode_rows(rows))
+                    if created >= since
+                )
+            found.sort(key=lambda f: (f[0], f[1]), reverse=True)
+            return [(version, blob, eta) for _, _, version, blob, eta in found[:limit]]
 
         return group_features(await self._call(read))

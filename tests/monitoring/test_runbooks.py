@@ -238,15 +238,22 @@ def _statements(sql: str) -> list[str]:
     return [s.strip() for s in body.split(";") if s.strip()]
 
 
+def _log_predictions(url: str, data: Fixture) -> None:
+    """The fixture's predictions written the way the server writes them (the store opened
+    at ``url``: every migration applied, rows stored in batches behind the view)."""
+    from server.store import PredictionRow, open_store
+
+    async def write() -> None:
+        async with await open_store(url) as store:
+            await store.write_predictions([PredictionRow(**p) for p in data.predictions])
+
+    asyncio.run(write())
+
+
 def _sqlite(tmp_path: Path, data: Fixture) -> sqlite3.Connection:
-    db = sqlite3.connect(tmp_path / "intellilog.db")
-    schema = ROOT / "server" / "store" / "migrations" / "sqlite" / "0001_init.sql"
-    db.executescript(schema.read_text(encoding="utf-8"))
-    cols = list(data.predictions[0])
-    db.executemany(
-        f"INSERT INTO predictions ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
-        [tuple(p[c] for c in cols) for p in data.predictions],
-    )
+    path = tmp_path / "intellilog.db"
+    _log_predictions(f"sqlite:///{path}", data)
+    db = sqlite3.connect(path)
     cols = list(data.feedback[0])
     db.executemany(
         f"INSERT INTO feedback ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
@@ -360,19 +367,17 @@ def test_sql_on_postgres(postgres: Any) -> None:
 
     url = postgres.new_database()
     data = _data()
-    schema = ROOT / "server" / "store" / "migrations" / "postgres" / "0001_init.sql"
+    _log_predictions(url, data)
 
     async def load() -> None:
         conn = await asyncpg.connect(url)
         try:
-            await conn.execute(schema.read_text(encoding="utf-8"))
-            for table, rows in (("predictions", data.predictions), ("feedback", data.feedback)):
-                cols = list(rows[0])
-                marks = ", ".join(f"${i}" for i in range(1, len(cols) + 1))
-                await conn.executemany(
-                    f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({marks})",
-                    [tuple(r[c] for c in cols) for r in rows],
-                )
+            cols = list(data.feedback[0])
+            marks = ", ".join(f"${i}" for i in range(1, len(cols) + 1))
+            await conn.executemany(
+                f"INSERT INTO feedback ({', '.join(cols)}) VALUES ({marks})",
+                [tuple(r[c] for c in cols) for r in data.feedback],
+            )
         finally:
             await conn.close()
 

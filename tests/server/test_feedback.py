@@ -743,3 +743,19 @@ def test_import_refuses_a_file_without_the_columns(
     assert "missing columns order_id, actual_minutes, completed_at" in err
     code = _import(monkeypatch, tmp_path, url, str(tmp_path / "none.csv"))
     assert code == 2 and "no such file" in capsys.readouterr().err
+
+
+def test_server_request_ids_start_with_the_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """32 hex digits whose order is the order of their milliseconds: the store's key index
+    (prediction_keys) grows at its end."""
+    import re
+
+    from server.recorder import new_request_id
+
+    ids = []
+    for ms in (1_700_000_000_000, 1_700_000_000_001, 1_800_000_000_000, 1_800_000_000_000):
+        monkeypatch.setattr(time, "time_ns", lambda ms=ms: ms * 1_000_000 + 999_999)
+        ids.append(new_request_id())
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
+    assert ids[:3] == sorted(ids[:3]) and len(set(ids)) == 4
+    assert ids[0].startswith(f"{1_700_000_000_000:012x}")

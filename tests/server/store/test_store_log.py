@@ -247,3 +247,20 @@ def test_refused_rows_are_set_aside_not_retried(
     want = {r.row_id for r in rows + spooled} - {r.row_id for r in bad}
     assert {r[0] for r in raw_sql(db_url, "SELECT row_id FROM predictions")} == want
     assert "refused by the database" in caplog.text
+
+
+def test_a_submit_stays_in_one_batch_when_it_fits(tmp_path: Path) -> None:
+    """Batches take whole submits (one request's rows: one key in the store) while they
+    fit; only a submit larger than a batch is cut."""
+
+    async def body(plog: PredictionLog, store: FlakyStore) -> None:
+        for i in range(3):
+            plog.submit(predictions(30, seed=i, request=f"q{i}"))
+        plog.submit(predictions(120, seed=9, request="big"))
+        plog.submit(predictions(5, seed=10, request="small"))
+        assert plog.queue_depth == 215
+        await plog.flush()
+        assert store.batches == [30, 30, 30, 50, 50, 20 + 5]
+        assert plog.rows_written == 215 and plog.queue_depth == 0
+
+    run_with_log(tmp_path, body, batch_size=50, flush_interval=60.0)
