@@ -57,6 +57,21 @@ ENV_VARS = (
     "INTELLILOG_DEBUG",
 )
 
+#: One valid /v1/predict body for the default spec (the server tests' reference row).
+ROW: dict[str, Any] = {
+    "order_id": "o-1",
+    "pickup_lat": 52.5003,
+    "pickup_lon": 13.4100,
+    "dropoff_lat": 52.5205,
+    "dropoff_lon": 13.4502,
+    "created_at": "2025-06-03T12:30:00+02:00",
+    "vehicle_type": "bike",
+    "weather": "clear",
+    "zone": "Mitte",
+    "items_count": 3,
+    "prep_minutes": 12.5,
+}
+
 TRAIN_ROWS = 3000
 #: The vehicle_type line of kernels/deliveries.toml and its "reject unknown levels" twin.
 VEHICLE_LINE = 'vehicle_type = ["bike", "scooter", "car", "van"]'

@@ -24,19 +24,7 @@ from tests.e2e import servekit as kit
 
 pytestmark = pytest.mark.slow
 
-ROW: dict[str, Any] = {
-    "order_id": "o-1",
-    "pickup_lat": 52.5003,
-    "pickup_lon": 13.4100,
-    "dropoff_lat": 52.5205,
-    "dropoff_lon": 13.4502,
-    "created_at": "2025-06-03T12:30:00+02:00",
-    "vehicle_type": "bike",
-    "weather": "clear",
-    "zone": "Mitte",
-    "items_count": 3,
-    "prep_minutes": 12.5,
-}
+ROW: dict[str, Any] = kit.ROW
 PREDICT_KEYS = {"order_id", "eta_minutes", "eta_p10", "eta_p90", "model_version", "request_id"}
 
 

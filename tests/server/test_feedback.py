@@ -28,19 +28,7 @@ from tests.server.store.storekit import raw_sql
 
 pytestmark = pytest.mark.slow
 
-ROW: dict[str, Any] = {
-    "order_id": "o-1",
-    "pickup_lat": 52.5003,
-    "pickup_lon": 13.4100,
-    "dropoff_lat": 52.5205,
-    "dropoff_lon": 13.4502,
-    "created_at": "2025-06-03T12:30:00+02:00",
-    "vehicle_type": "bike",
-    "weather": "clear",
-    "zone": "Mitte",
-    "items_count": 3,
-    "prep_minutes": 12.5,
-}
+ROW: dict[str, Any] = kit.ROW
 COLS = (
     "row_id, request_id, order_id, tenant, model_version, arm, inputs, features, eta, p10, "
     "p90, created_at"
