@@ -335,6 +335,28 @@ def cmd_quality(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_store_schema(url: str) -> None:
+    """A database migrated by a newer intellilog: one line now, not a worker's traceback.
+
+    Opening applies pending migrations (as the app's start-up would). A database that is
+    down is no reason to refuse: the server starts and spools until it answers."""
+    import asyncio
+
+    from kernels.errors import StoreError
+    from server.store import SchemaVersionError, open_store
+
+    async def check() -> None:
+        store = await open_store(url)
+        await store.close()
+
+    try:
+        asyncio.run(check())
+    except SchemaVersionError:
+        raise
+    except StoreError:
+        pass
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Check a model is there, then run the app on granian (ASGI)."""
     import atexit
@@ -364,6 +386,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "--out data/deliveries.parquet && intellilog train --data data/deliveries.parquet --promote`"
         )
     reg.resolve(settings.model_alias)  # the alias must exist: a clear error now, not in a worker
+    _check_store_schema(settings.database_url)
     print(
         f"serving {reg.root} ({settings.model_alias}) on http://{args.host}:{args.port} with {args.workers} worker(s)",
         file=sys.stderr,

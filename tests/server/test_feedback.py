@@ -640,6 +640,21 @@ def test_a_database_newer_than_the_code_stops_startup(
     assert "cannot start: database schema version 99 is newer than this intellilog" in caplog.text
 
 
+def test_serve_refuses_a_newer_database_in_one_line(
+    models: Any, tmp_path: Path, cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before granian starts a worker: one `error:` line, exit 2, no traceback."""
+    url = f"sqlite:///{tmp_path / 'intellilog.db'}"
+    with_store(url, lambda s: s.schema_version())
+    raw_sql(url, "INSERT INTO schema_migrations (version, name, applied_at) VALUES (99, 'x', 0)")
+    monkeypatch.setenv("DATABASE_URL", url)
+    res = cli("serve", "--registry", models.registry, "--port", "1")
+    assert res.code == 2
+    lines = res.err.strip().splitlines()
+    assert lines[-1].startswith("error: ") and "schema version 99 is newer" in lines[-1]
+    assert "Traceback" not in res.err
+
+
 # ---- intellilog feedback import ---------------------------------------------------------------
 
 
