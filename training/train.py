@@ -91,10 +91,6 @@ class Prepared:
     holdout_idx: np.ndarray
     rows: np.ndarray  # int64 [n]: the input table's row of each X row
 
-    @property
-    def tolerance(self) -> float:
-        return self.pipe.spec.goal.tolerance
-
     def time_range(self, idx: np.ndarray) -> tuple[str, str]:
         from datetime import UTC, datetime
 
