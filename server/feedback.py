@@ -9,6 +9,7 @@ upserted on the order id (the latest received wins).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ from msgspec import Meta
 from kernels.errors import DataError
 from kernels.spec import EPOCH_MAX, EPOCH_MIN
 from server.store import FeedbackResult, FeedbackRow, Store
+from training.atomic import AtomicOutput, output_error
 
 __all__ = [
     "COLUMNS",
@@ -231,7 +233,8 @@ async def import_feedback(
     _, blocks = _batches(p, batch_rows)
     batches = (b.slice(off, batch_rows) for b in blocks for off in range(0, b.num_rows, batch_rows))
     reject_path = Path(rejects) if rejects else p.with_name(p.name + ".rejects.csv")
-    reject_file = None
+    reject_out: AtomicOutput | None = None  # renamed into place once the import is done
+    reject_file: Any = None
     writer: Any = None
     try:
         for rb in batches:
@@ -244,11 +247,15 @@ async def import_feedback(
                     report.bad += 1
                     if len(report.examples) < max_examples:
                         report.examples.append((i, row))
-                    if writer is None:
-                        reject_file = reject_path.open("w", newline="", encoding="utf-8")
-                        writer = csv.writer(reject_file)
-                        writer.writerow(["row", "reason", *COLUMNS])
-                    writer.writerow([i, row, *vals])
+                    try:
+                        if writer is None:
+                            reject_out = AtomicOutput(reject_path)
+                            reject_file = reject_out.tmp.open("w", newline="", encoding="utf-8")
+                            writer = csv.writer(reject_file)
+                            writer.writerow(["row", "reason", *COLUMNS])
+                        writer.writerow([i, row, *vals])
+                    except OSError as exc:
+                        raise output_error(reject_path, exc) from None
                     continue
                 good.append(
                     FeedbackRow(
@@ -268,14 +275,23 @@ async def import_feedback(
                 report.unknown += res.unknown
             if progress is not None:
                 progress(rb.num_rows)
+        if reject_out is not None:
+            try:
+                reject_file.close()
+            except OSError as exc:
+                raise output_error(reject_path, exc) from None
+            reject_out.finish()
+            reject_out.commit()
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise DataError(
             f"{p}: cannot read past row {report.rows}: {str(exc).splitlines()[0]} "
             f"({report.stored} rows before it are stored)"
         ) from None
     finally:
-        if reject_file is not None:
-            reject_file.close()
+        if reject_out is not None:  # not committed: no partial reject file stays
+            with contextlib.suppress(OSError):
+                reject_file.close()
+            reject_out.discard()
     if report.rows == 0:
         raise DataError(f"{p}: no rows")
     report.rejects = str(reject_path) if report.bad else None

@@ -31,8 +31,6 @@ import base64
 import html
 import io
 import math
-import os
-import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -42,9 +40,10 @@ from typing import Any
 
 import numpy as np
 
-from kernels.errors import ConfigError, DataError, IntelliLogError, ModelLoadError, StoreError
+from kernels.errors import ConfigError, DataError, ModelLoadError, StoreError
 from kernels.spec import FeatureSpec
 from server.models import LoadedModel, load_model, model_spec, servable_engines
+from training.atomic import write_text_atomic
 from training.metrics import BaselineModel, interval_metrics, point_metrics
 from training.registry import Registry
 
@@ -807,26 +806,10 @@ def build_report(
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file in ``path``'s folder, then rename it into place:
-    a reader sees the old file or the whole new one, never a part."""
-    folder = path.parent
-    if not folder.is_dir():
-        raise ConfigError(f"cannot write {path}: the folder {folder} does not exist")
-    tmp = folder / f".{path.name}.{secrets.token_hex(4)}.tmp"
-    done = False
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        done = True
-    except OSError as e:
-        raise IntelliLogError(f"cannot write {path}: {e.strerror or e}") from None
-    finally:
-        if not done:
-            tmp.unlink(missing_ok=True)
+    """Write ``text`` to a temporary file in ``path``'s folder, then rename it into place
+    (:func:`training.atomic.write_text_atomic`): a reader sees the old file or the whole
+    new one, never a part. The folder must exist."""
+    write_text_atomic(path, text)
 
 
 def default_report_path(version: str) -> Path:

@@ -6,6 +6,11 @@ server, predicts with the chosen engine (batches of ``INTELLILOG_GPU_MIN_ROWS`` 
 more on the GPU engine when there is one: :mod:`server.engines`; the report says which)
 and streams the result to Parquet or CSV.
 Reading and converting the next batch overlaps with predicting the current one.
+
+The output and the reject file are streamed to temporary files beside them and renamed
+into place only when the whole input is scored (:mod:`training.atomic`): a file at the
+output path is always complete, and a failed run (full disk, ...) leaves the previous
+files as they were.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import pyarrow.parquet as pq
 
 from kernels.errors import DataError
 from server.models import LoadedModel
+from training.atomic import AtomicOutput, output_error
 from training.io import Converted, file_format, iter_batches, to_columns
 
 __all__ = ["ScoreReport", "default_reject_path", "score_file"]
@@ -87,26 +93,56 @@ def default_reject_path(out: Path) -> Path:
 
 
 class _Writer:
+    """A streamed Parquet or CSV output, written atomically (:mod:`training.atomic`):
+    the file is made at the first :meth:`write` and appears at ``path`` only on
+    :meth:`commit`. Every ``OSError`` becomes a one-line error naming ``path``."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self.fmt = file_format(path)
         self._w: Any = None
+        self._out: AtomicOutput | None = None
+
+    def start(self) -> AtomicOutput:
+        """Make the temporary file now: a folder that cannot be written fails at once."""
+        if self._out is None:
+            self._out = AtomicOutput(self.path, make_parents=True)
+        return self._out
 
     def write(self, table: pa.Table) -> None:
-        if self._w is None:
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.start().tmp
+        try:
+            if self._w is None:
                 if self.fmt == "parquet":
-                    self._w = pq.ParquetWriter(self.path, table.schema)
+                    self._w = pq.ParquetWriter(tmp, table.schema)
                 else:
-                    self._w = pacsv.CSVWriter(self.path, table.schema)
-            except OSError as exc:
-                raise DataError(f"{self.path}: cannot write: {exc.strerror or exc}") from None
-        self._w.write_table(table)
+                    self._w = pacsv.CSVWriter(tmp, table.schema)
+            self._w.write_table(table)
+        except OSError as exc:
+            raise output_error(self.path, exc) from None
 
-    def close(self) -> None:
-        if self._w is not None:
+    def finish(self) -> None:
+        """Close the writer (Parquet writes its footer here) and flush the file to disk."""
+        if self._out is None:
+            return
+        try:
             self._w.close()
+        except OSError as exc:
+            raise output_error(self.path, exc) from None
+        self._out.finish()
+
+    def commit(self) -> None:
+        if self._out is not None:
+            self._out.commit()
+
+    def discard(self) -> None:
+        """Drop a partial output: close the writer, remove the temporary file."""
+        if self._out is None:
+            return
+        if self._w is not None:
+            with contextlib.suppress(Exception):
+                self._w.close()
+        self._out.discard()
 
 
 def _key_column(table: pa.Table, name: str) -> str | None:
@@ -179,10 +215,12 @@ def score_file(
     # prefetch the next batch and write the last one (arrow I/O, conversion and Parquet
     # encoding release the GIL) while predicting; one write in flight at a time
     writing: Future[None] | None = None
+    committed = False
     with ThreadPoolExecutor(max_workers=1) as pool, ThreadPoolExecutor(max_workers=1) as wpool:
         it = converted()
         fut = pool.submit(next, it, None)
         try:
+            out.start()
             while True:
                 item = fut.result()
                 if item is None:
@@ -227,30 +265,38 @@ def score_file(
                     bar.update(n)
             if writing is not None:
                 writing.result()
+            if scored == 0 and rows_in > 0:
+                # still write an empty, well-formed output so downstream jobs see the schema
+                out.write(
+                    pa.table(
+                        {
+                            (last_key or "row"): pa.array(
+                                [], pa.string() if last_key else pa.int64()
+                            ),
+                            "eta_minutes": pa.array([], pa.float64()),
+                            "eta_p10": pa.array([], pa.float64()),
+                            "eta_p90": pa.array([], pa.float64()),
+                            "model_version": pa.array([], pa.string()),
+                        }
+                    )
+                )
+            # a full disk shows up by here at the latest: both files are complete before
+            # either appears, and the scores appear last (their presence means "done")
+            out.finish()
+            rej.finish()
+            rej.commit()
+            out.commit()
+            committed = True
         finally:
             fut.cancel()
             if writing is not None and not writing.done():  # an error elsewhere: let it end
                 with contextlib.suppress(Exception):
                     writing.result()
-            out.close()
-            rej.close()
+            if not committed:
+                out.discard()
+                rej.discard()
             if bar is not None:
                 bar.close()
-    if scored == 0 and rows_in > 0:
-        # still write an empty, well-formed output so downstream jobs see the schema
-        out = _Writer(dst)
-        out.write(
-            pa.table(
-                {
-                    (last_key or "row"): pa.array([], pa.string() if last_key else pa.int64()),
-                    "eta_minutes": pa.array([], pa.float64()),
-                    "eta_p10": pa.array([], pa.float64()),
-                    "eta_p90": pa.array([], pa.float64()),
-                    "model_version": pa.array([], pa.string()),
-                }
-            )
-        )
-        out.close()
     described = model.describe()
     return ScoreReport(
         rows_in=rows_in,

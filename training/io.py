@@ -22,6 +22,7 @@ from kernels.errors import DataError
 from kernels.features import Columns, Pipeline
 from kernels.spec import EPOCH_MAX, EPOCH_MIN, FeatureSpec
 from kernels.timefeat import NO_OFFSET, fill_zone_offsets, parse_iso8601, resolve_offsets
+from training.atomic import atomic_output
 
 __all__ = [
     "Converted",
@@ -142,16 +143,15 @@ def iter_batches(
 
 
 def write_table(table: pa.Table, path: str | Path) -> None:
+    """Write ``table`` to ``path`` atomically (:mod:`training.atomic`): the file appears
+    only once complete; missing folders are created."""
     p = Path(path)
     fmt = file_format(p)
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(p, make_parents=True) as tmp:
         if fmt == "parquet":
-            pq.write_table(table, p)
+            pq.write_table(table, tmp)
         else:
-            pacsv.write_csv(table, p)
-    except OSError as exc:
-        raise DataError(f"{p}: cannot write: {exc.strerror or exc}") from None
+            pacsv.write_csv(table, tmp)
 
 
 # ---- conversion ------------------------------------------------------------------------------

@@ -406,8 +406,10 @@ def generate(
 def write_table(table: pa.Table, path: str | Path) -> None:
     """Write ``table`` as Parquet (``.parquet``) or CSV (``.csv``), by the suffix of ``path``.
 
-    Missing parent folders are created. Raises :class:`~kernels.errors.DataError` with a
-    one-line message for any other suffix or when the path cannot be written.
+    Missing parent folders are created. The file appears only once complete (temporary
+    file, fsync, rename: :mod:`training.atomic`), so a failed write leaves no partial
+    file. Raises :class:`~kernels.errors.DataError` with a one-line message for any other
+    suffix or when the path cannot be written (naming the cause: no space left, ...).
     """
     _io.write_table(table, path)
 
