@@ -103,6 +103,22 @@ UNITS: dict[str, float] = {"seconds": 1.0 / 60.0, "minutes": 1.0, "hours": 60.0}
 EPOCH_MIN = 0
 EPOCH_MAX = 4_102_444_800
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+# The event-time text msgspec's datetime decoder accepts, written as a JSON Schema pattern
+# (ECMA-262, so [0-9] rather than \d): a real calendar date (leap years included), 'T', 't'
+# or a space, a time to the second with any fraction, then an offset (Z, +HH:MM, +HHMM) or
+# none (wall-clock time of the spec's zone). The request schema says it so a client (or a
+# schema fuzzer) knows what is valid; the decoder, not this pattern, enforces it.
+_YEAR = "(?:000[1-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-9][0-9]{3})"
+_LEAP_YEAR = "(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])|(?:0[48]|[2468][048]|[13579][26])00)"
+_DATE = (
+    f"(?:{_YEAR}-(?:(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])|(?:0[13-9]|1[0-2])-(?:29|30)"
+    f"|(?:0[13578]|1[02])-31)|{_LEAP_YEAR}-02-29)"
+)
+_TIME = "[Tt ](?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\\.[0-9]+)?"
+_OFFSET = "(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):?[0-5][0-9])"
+#: the text form of an event time (anchored): date, time, optional offset
+EVENT_TIME_PATTERN = f"^{_DATE}{_TIME}{_OFFSET}?$"
 _MAX_LEVEL_LEN = 128
 
 
@@ -353,7 +369,20 @@ class FeatureSpec:
 def _build_struct(spec: FeatureSpec) -> type[msgspec.Struct]:
     lat = Annotated[float, Meta(ge=-90.0, le=90.0)]
     lon = Annotated[float, Meta(ge=-180.0, le=180.0)]
-    epoch = Annotated[int, Meta(ge=EPOCH_MIN, le=EPOCH_MAX)]
+    # a float: JSON Schema's "integer" includes 3.0, and a fraction of a second is harmless
+    epoch = Annotated[
+        float, Meta(ge=EPOCH_MIN, le=EPOCH_MAX, description="epoch seconds (UTC), 1970 to 2100")
+    ]
+    text_time = Annotated[
+        datetime,
+        Meta(
+            description=(
+                "ISO 8601 date and time: with an offset (Z, +02:00, +0200) an instant; "
+                f"without one, wall-clock time of {spec.timezone}"
+            ),
+            extra_json_schema={"pattern": EVENT_TIME_PATTERN},
+        ),
+    ]
     # at least one non-space character: values are trimmed (normalize_level), blank is missing
     level = Annotated[str, Meta(min_length=1, max_length=_MAX_LEVEL_LEN, pattern=r"\S")]
     fields: list[tuple[str, Any] | tuple[str, Any, Any]] = [
@@ -362,7 +391,7 @@ def _build_struct(spec: FeatureSpec) -> type[msgspec.Struct]:
         (spec.pickup_lon, lon),
         (spec.dropoff_lat, lat),
         (spec.dropoff_lon, lon),
-        (spec.event_time, datetime | epoch),
+        (spec.event_time, text_time | epoch),
     ]
     for c in spec.categorical:
         # unknown = "reject": only the declared levels; otherwise any text (unknown -> 'unknown')

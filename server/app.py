@@ -24,7 +24,7 @@ import math
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs
 
 import msgspec
@@ -32,10 +32,12 @@ import numpy as np
 from litestar import Litestar, Request, Response, asgi, get, post
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import OpenAPIMediaType, RequestBody, Schema
 from litestar.openapi.spec.enums import OpenAPIType
 from litestar.openapi.spec.operation import Operation
+from litestar.routes import HTTPRoute
 from msgspec import Meta
 
 from kernels.errors import (
@@ -49,21 +51,31 @@ from kernels.errors import (
 )
 from server import metrics
 from server.config import Settings, load_settings
+from server.experiments.router import Router, split_rows
+from server.experiments.routes import experiment_routes
+from server.experiments.service import (
+    ExperimentConflict,
+    ExperimentNotFound,
+    StartOptions,
+    UnknownCandidate,
+)
 from server.feedback import Feedback, FeedbackAccepted, accepted, batch_struct, completed_epoch
 from server.holder import ModelHolder
 from server.logs import configure_logging
 from server.microbatch import MicroBatcher
 from server.models import LoadedModel
 from server.monitoring.routes import monitoring
-from server.recorder import Recorder, new_request_id
+from server.recorder import ARM, Recorder, new_request_id
 from server.store import SchemaVersionError, StoreDataError
-from training.registry import Registry
+from training.registry import ALIAS_RE, Registry
 
 __all__ = ["create_app"]
 
 log = logging.getLogger("intellilog.server")
 
 JSON = "application/json"
+#: the Allow header of a 405 from the raw POST routes (RFC 9110 section 15.5.6)
+ALLOW_POST = {"allow": "POST"}
 Receive = Callable[[], Awaitable[Any]]
 Send = Callable[[Any], Awaitable[None]]
 
@@ -74,6 +86,9 @@ STATUS: dict[type[BaseException], tuple[int, str]] = {
     msgspec.DecodeError: (400, "malformed_json"),
     SpecError: (422, "spec_error"),
     DataError: (422, "data_error"),
+    ExperimentNotFound: (404, "not_found"),
+    ExperimentConflict: (409, "conflict"),
+    UnknownCandidate: (422, "validation_error"),
     ConfigError: (400, "bad_request"),
     ModelLoadError: (503, "model_unavailable"),
     # before StoreError: the rows themselves were refused (e.g. a NUL character in a text)
@@ -162,6 +177,7 @@ def _ids(request: Request[Any, Any, Any]) -> tuple[str, str]:
 
 def _handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     rid = _rid(request)
+    answer_headers: dict[str, str] | None = None  # headers the answer must carry (405: Allow)
     if isinstance(exc, _ApiError):
         status, code, message, errors = exc.status, exc.code, str(exc), exc.errors
     elif isinstance(exc, msgspec.ValidationError):
@@ -186,6 +202,12 @@ def _handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respon
         )
         if status == 413:
             code, message = "body_too_large", "request body too large; send smaller batches"
+        # RFC 9110: a 405 names the methods the route allows (Litestar's router sets it)
+        allow = {k.lower(): v for k, v in (exc.headers or {}).items()}.get("allow")
+        if status == 405 and allow:
+            code = "method_not_allowed"
+            message = f"{request.method} not allowed on {request.url.path}; use {allow}"
+            answer_headers = {"allow": allow}
     else:
         errors = []
         status, code = next(
@@ -214,7 +236,7 @@ def _handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respon
             rid,
             extra={"request_id": rid},
         )
-    return _error_response(rid, status, code, message, errors)
+    return _error_response(rid, status, code, message, errors, answer_headers)
 
 
 async def _send_error(scope: Any, send: Callable[[Any], Awaitable[None]], exc: Exception) -> None:
@@ -242,6 +264,8 @@ class Prediction(msgspec.Struct, omit_defaults=True):
     eta_p90: float
     model_version: str
     request_id: str
+    # "production", or the experiment arm that answered: "baseline" / "candidate"
+    arm: str
     explanation: list[Contribution] | None = None
     base_minutes: float | None = None
 
@@ -252,6 +276,7 @@ class BatchItem(msgspec.Struct):
     eta_p10: float
     eta_p90: float
     model_version: str
+    arm: str
 
 
 class BatchResponse(msgspec.Struct):
@@ -259,6 +284,19 @@ class BatchResponse(msgspec.Struct):
     count: int
     model_version: str
     request_id: str
+
+
+class Alive(msgspec.Struct):
+    status: Literal["alive"]
+
+
+class Readiness(msgspec.Struct):
+    """``GET /health/ready``: 200 when ready, 503 (same body) until then. ``store``:
+    ``spooling`` when the database did not answer at start-up (rows wait in SPOOL_PATH)."""
+
+    ready: bool
+    model_version: str | None
+    store: Literal["open", "spooling", "starting"]
 
 
 # ---- the rate limiter and request metrics: one thin ASGI layer ---------------------------------
@@ -311,6 +349,14 @@ class _Edge:
         #: the store and prediction log of the app (None outside create_app)
         self.recorder = recorder
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        #: route template -> its Allow header. Litestar's OPTIONS answer lists only the
+        #: methods of the first handler registered on a path (two decorators on one path:
+        #: GET and POST /v1/admin/experiments), so OPTIONS answers take it from here.
+        self.allow: dict[str, bytes] = {
+            r.path_format: ", ".join(sorted(r.methods)).encode()
+            for r in getattr(app, "routes", [])
+            if isinstance(r, HTTPRoute)
+        }
 
     async def __call__(
         self,
@@ -358,6 +404,11 @@ class _Edge:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                allow = self.allow.get(scope.get("path_template", "")) if status == 204 else None
+                if allow is not None and scope["method"] == "OPTIONS":
+                    message["headers"] = [
+                        (k, allow if k.lower() == b"allow" else v) for k, v in message["headers"]
+                    ]
             await send(message)
 
         fast = self.fast.get(scope["path"]) if scope["method"] == "POST" else None
@@ -390,43 +441,73 @@ class _Edge:
 # ---- OpenAPI: document the raw-body routes with the spec's JSON schema --------------------------
 
 
+#: JSON Schema keywords kept as they are, with their name on litestar's Schema
+_SCHEMA_VALUES = {
+    "enum": "enum",
+    "const": "const",
+    "multipleOf": "multiple_of",
+    "minimum": "minimum",
+    "maximum": "maximum",
+    "exclusiveMinimum": "exclusive_minimum",
+    "exclusiveMaximum": "exclusive_maximum",
+    "minLength": "min_length",
+    "maxLength": "max_length",
+    "pattern": "pattern",
+    "minItems": "min_items",
+    "maxItems": "max_items",
+    "uniqueItems": "unique_items",
+    "minProperties": "min_properties",
+    "maxProperties": "max_properties",
+    "required": "required",
+    "title": "title",
+    "description": "description",
+    "default": "default",
+    "examples": "examples",
+}
+#: keywords that hold one subschema, a list of them, or a name -> subschema table
+_SCHEMA_ONE = {
+    "items": "items",
+    "not": "schema_not",
+    "contains": "contains",
+    "propertyNames": "property_names",
+}
+_SCHEMA_LIST = {
+    "anyOf": "any_of",
+    "oneOf": "one_of",
+    "allOf": "all_of",
+    "prefixItems": "prefix_items",
+}
+_SCHEMA_MAP = {"properties": "properties", "patternProperties": "pattern_properties"}
+
+
 def _schema(js: dict[str, Any], defs: dict[str, Any]) -> Schema:
+    """A JSON Schema (msgspec's output, ``$ref`` into ``defs``) as litestar's Schema, every
+    keyword kept: a constraint lost here is a request the document calls valid and the
+    server refuses (``additionalProperties: false``, ``pattern``, ``minItems``)."""
+    from litestar.openapi.spec.enums import OpenAPIFormat
+
     if "$ref" in js:
         return _schema(defs[js["$ref"].rsplit("/", 1)[1]], defs)
-    kw: dict[str, Any] = {}
+    kw: dict[str, Any] = {dst: js[src] for src, dst in _SCHEMA_VALUES.items() if src in js}
     t = js.get("type")
     if t is not None:
-        kw["type"] = OpenAPIType(t)
-    for src, dst in (
-        ("minimum", "minimum"),
-        ("maximum", "maximum"),
-        ("minLength", "min_length"),
-        ("maxLength", "max_length"),
-        ("maxItems", "max_items"),
-        ("minItems", "min_items"),
-        ("exclusiveMinimum", "exclusive_minimum"),
-        ("exclusiveMaximum", "exclusive_maximum"),
-        ("format", "format"),
-        ("enum", "enum"),
-        ("title", "title"),
-        ("description", "description"),
-        ("required", "required"),
-    ):
+        kw["type"] = [OpenAPIType(x) for x in t] if isinstance(t, list) else OpenAPIType(t)
+    if js.get("format") in {f.value for f in OpenAPIFormat}:
+        kw["format"] = OpenAPIFormat(js["format"])
+    for src, dst in _SCHEMA_ONE.items():
         if src in js:
-            kw[dst] = js[src]
-    if "format" in kw:
-        from litestar.openapi.spec.enums import OpenAPIFormat
-
-        try:
-            kw["format"] = OpenAPIFormat(kw["format"])
-        except ValueError:
-            kw.pop("format")
-    if "properties" in js:
-        kw["properties"] = {k: _schema(v, defs) for k, v in js["properties"].items()}
-    if "items" in js:
-        kw["items"] = _schema(js["items"], defs)
-    if "anyOf" in js:
-        kw["any_of"] = [_schema(v, defs) for v in js["anyOf"]]
+            kw[dst] = _schema(js[src], defs)
+    for src, dst in _SCHEMA_LIST.items():
+        if src in js:
+            kw[dst] = [_schema(v, defs) for v in js[src]]
+    for src, dst in _SCHEMA_MAP.items():
+        if src in js:
+            kw[dst] = {k: _schema(v, defs) for k, v in js[src].items()}
+    extra = js.get("additionalProperties")
+    if extra is False:
+        kw["additional_properties"] = False
+    elif isinstance(extra, dict):
+        kw["additional_properties"] = _schema(extra, defs)
     return Schema(**kw)
 
 
@@ -458,6 +539,12 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
     log_on = rec.enabled
     # live quality and drift: timers over the store, gauges, /v1/monitoring/*
     mon = monitoring(settings, holder, rec)
+    # experiments (ENABLE_AB_TESTING): which model answers which order; None = production
+    router = Router(holder, settings.tenant_id) if settings.enable_ab_testing else None
+
+    def open_store() -> Any:
+        """The store while it is open (None while the database is down)."""
+        return rec.store if rec.store_open else None
 
     # built with defstruct: the item type exists only at run time (it comes from the spec)
     BatchRequest = msgspec.defstruct(
@@ -531,7 +618,11 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
             rid = own = _new_rid()
         scope["_rid"] = rid
         if scope["method"] != "POST":
-            raise HTTPException(status_code=405, detail=f"{scope['method']} not allowed; use POST")
+            raise HTTPException(
+                status_code=405,
+                detail=f"{scope['method']} not allowed; use POST",
+                headers=ALLOW_POST,
+            )
         if not ct.lower().startswith(b"application/json"):
             raise _ApiError(
                 415,
@@ -567,20 +658,31 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
         item = dec_one.decode(body)
         model = holder.model
         assert model is not None
+        order = getattr(item, key)
+        route = router.route if router is not None else None
+        arm = ARM
+        if route is not None:  # an experiment runs: the order's arm answers
+            model, arm = route.pick(model, order)
         t0 = time.perf_counter()
         X = model.pipe.row(item, np.empty((1, model.pipe.n_features), dtype=np.float32))
         eta, p10, p90 = await batcher.predict(model, X)
         single_latency.observe(time.perf_counter() - t0)
-        order = getattr(item, key)
         if log_on:
-            rec.submit_one(rid, own or _new_rid(), order, body, X, eta, p10, p90, model.version)
-        out = Prediction(order, eta, p10, p90, model.version, rid)
+            rec.submit_one(
+                rid, own or _new_rid(), order, body, X, eta, p10, p90, model.version, arm
+            )
+        out = Prediction(order, eta, p10, p90, model.version, rid, arm)
         qs = scope.get("query_string", b"")
         if qs:
             flag = parse_qs(qs.decode("latin-1")).get("explain", [""])[-1].lower()
             if flag in ("1", "true", "yes"):
                 out.explanation, out.base_minutes = explain(model, X)
         await send_json(send, _enc.encode(out), rid)
+        if route is not None and route.shadow:  # after the answer is sent
+            s_eta, s_p10, s_p90 = await batcher.predict(route.candidate, X)
+            if log_on:
+                v = route.candidate.version
+                rec.submit_one(rid, _new_rid(), order, body, X, s_eta, s_p10, s_p90, v, "shadow")
 
     predict = asgi("/v1/predict", copy_scope=False)(predict_one)
 
@@ -600,31 +702,112 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
         t0 = time.perf_counter()
         uid = (own or _new_rid()) if log_on else ""
 
-        def run() -> tuple[list[str], list[float], list[float], list[float], list[Any]]:
+        route = router.route if router is not None else None
+        Out = tuple[list[str], list[float], list[float], list[float], Any, list[Any]]
+
+        def run() -> Out:
             X = model.pipe.matrix(model.pipe.columns(items))
-            eta, p10, p90 = model.predict(X)
             orders = [getattr(it, key) for it in items]
+            v = model.version
+            if route is not None and not route.shadow:
+                return run_ab(X, orders)
+            eta, p10, p90 = model.predict(X)
             e, lo, hi = eta.tolist(), p10.tolist(), p90.tolist()
+            arm = ARM if route is None else "baseline"
+            logged: Any = None
+            if log_on:  # one chunk: each row's input as sent is split off the hot path
+                logged = rec.chunk(
+                    rid, uid, orders, body, X, e, lo, hi, v, rows_at="deliveries", arm=arm
+                )
+            return orders, e, lo, hi, logged, [(v, arm)]
+
+        def run_ab(X: np.ndarray, orders: list[str]) -> Out:
+            """An A/B test: each arm predicts its own rows; one log chunk per arm."""
+            assert route is not None
+            cand = split_rows(route, orders)
+            eta, p10, p90 = (np.empty(len(orders)) for _ in range(3))
+            sent = [bytes(r).decode() for r in dec_raw.decode(body).deliveries] if log_on else []  # type: ignore[attr-defined]
             logged: list[Any] = []
-            if log_on:  # each row's input exactly as sent
-                raw = dec_raw.decode(body).deliveries  # type: ignore[attr-defined]
-                sent = [bytes(r).decode() for r in raw]
-                logged = rec.rows(rid, uid, orders, sent, X, e, lo, hi, model.version)
-            return orders, e, lo, hi, logged
+            for m, arm, rows in ((model, "baseline", ~cand), (route.candidate, "candidate", cand)):
+                idx = np.flatnonzero(rows)
+                if not len(idx):
+                    continue
+                Xa = np.ascontiguousarray(X[idx])
+                eta[idx], p10[idx], p90[idx] = m.predict(Xa)
+                if log_on:
+                    pick = idx.tolist()
+                    logged.append(
+                        rec.texts_chunk(
+                            rid,
+                            _new_rid(),
+                            [orders[i] for i in pick],
+                            [sent[i] for i in pick],
+                            Xa,
+                            eta[idx].tolist(),
+                            p10[idx].tolist(),
+                            p90[idx].tolist(),
+                            m.version,
+                            arm,
+                        )
+                    )
+            arms = [
+                (route.candidate.version, "candidate") if c else (model.version, "baseline")
+                for c in cand.tolist()
+            ]
+            return orders, eta.tolist(), p10.tolist(), p90.tolist(), logged, arms
 
         # small batches inline; big ones off the event loop so other requests keep flowing
-        orders, eta, p10, p90, logged = run() if len(items) <= 256 else await asyncio.to_thread(run)
+        n = len(items)
+        orders, eta, p10, p90, logged, arms = run() if n <= 256 else await asyncio.to_thread(run)
         batch_latency.observe(time.perf_counter() - t0)
-        metrics.BATCH_ROWS.observe(len(items))
-        if logged:
-            rec.submit(logged)
-        v = model.version
-        preds = [
-            BatchItem(o, e, lo, hi, v) for o, e, lo, hi in zip(orders, eta, p10, p90, strict=True)
-        ]
-        await send_json(send, _enc.encode(BatchResponse(preds, len(preds), v, rid)), rid)
+        metrics.BATCH_ROWS.observe(n)
+        for chunk in logged if isinstance(logged, list) else [logged] if logged else []:
+            rec.submit(chunk)
+        if len(arms) == 1:
+            v, arm = arms[0]
+            preds = [
+                BatchItem(o, e, lo, hi, v, arm)
+                for o, e, lo, hi in zip(orders, eta, p10, p90, strict=True)
+            ]
+        else:
+            preds = [
+                BatchItem(o, e, lo, hi, v, arm)
+                for o, e, lo, hi, (v, arm) in zip(orders, eta, p10, p90, arms, strict=True)
+            ]
+        await send_json(send, _enc.encode(BatchResponse(preds, n, model.version, rid)), rid)
+        if route is not None and route.shadow:  # after the answer is sent
+            await shadow_batch(route, items, orders, body, rid)
 
-    @get("/health/live", tags=["health"])
+    async def shadow_batch(
+        route: Any, items: list[Any], orders: list[str], body: bytes, rid: str
+    ) -> None:
+        """The candidate scores the batch off the response path; logged, never returned."""
+        cand = route.candidate
+
+        def run() -> Any:
+            X = cand.pipe.matrix(cand.pipe.columns(items))
+            e, lo, hi = (a.tolist() for a in cand.predict(X))
+            if not log_on:
+                return None
+            return rec.chunk(
+                rid,
+                _new_rid(),
+                orders,
+                body,
+                X,
+                e,
+                lo,
+                hi,
+                cand.version,
+                rows_at="deliveries",
+                arm="shadow",
+            )
+
+        chunk = run() if len(items) <= 256 else await asyncio.to_thread(run)
+        if chunk is not None:
+            rec.submit(chunk)
+
+    @get("/health/live", tags=["health"], responses={200: ResponseSpec(Alive)})
     async def live() -> dict[str, str]:
         return {"status": "alive"}
 
@@ -688,7 +871,14 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
     def is_ready() -> bool:
         return holder.ready and holder.model is not None and rec.ready
 
-    @get("/health/ready", tags=["health"])
+    @get(
+        "/health/ready",
+        tags=["health"],
+        responses={
+            200: ResponseSpec(Readiness),
+            503: ResponseSpec(Readiness, description="not ready yet (model, store or warm-up)"),
+        },
+    )
     async def ready() -> Response[dict[str, Any]]:
         m = holder.model
         ok = is_ready()
@@ -730,7 +920,7 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
 
     handlers: list[Any] = [predict, predict_batch, feedback, live, ready, models, prometheus]
     handlers += mon.handlers
-    from server.kserve import kserve_routes
+    from server.kserve import infer_request_schema, kserve_routes
 
     handlers += kserve_routes(
         holder, spec, max_batch, recorder=rec if log_on else None, ids=_ids, ready=is_ready
@@ -804,13 +994,38 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
         async def admin_rollback(request: Request[Any, Any, Any]) -> Response[bytes]:
             _auth(request)
             ch = await _change(request)
-            v = await asyncio.to_thread(holder.registry.rollback, ch.alias)
+            try:
+                v = await asyncio.to_thread(holder.registry.rollback, ch.alias)
+            except ModelLoadError as exc:  # no earlier version, or it was deleted
+                raise _ApiError(409, "conflict", str(exc)) from None
             res = await holder.reload("admin rollback") if ch.alias == holder.alias else {}
             return Response(
                 _enc.encode({"alias": ch.alias, "version": v, "reload": res}), media_type=JSON
             )
 
         handlers += [admin_reload, admin_promote, admin_rollback]
+
+        async def routing_changed() -> None:
+            if router is not None and rec.store is not None:
+                await router.refresh(rec.store)
+
+        handlers += experiment_routes(
+            auth=_auth,
+            store_of=open_store,
+            registry=holder.registry,
+            tenant=settings.tenant_id,
+            defaults=StartOptions(
+                candidate="",
+                mode=settings.ab_mode,
+                split=settings.ab_split,
+                hours=settings.ab_duration_hours,
+                mde=settings.ab_mde,
+                power=settings.ab_power,
+                alpha=settings.ab_alpha,
+                sequential=settings.ab_sequential,
+            ),
+            changed=routing_changed,
+        )
 
     tasks: list[asyncio.Task[None]] = []
 
@@ -825,6 +1040,8 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
             log.critical("cannot start: %s", exc, extra={"event": "store_schema_newer"})
             raise
         tasks.append(asyncio.create_task(holder.watch(settings.reload_interval_s)))
+        if router is not None:
+            tasks.append(asyncio.create_task(router.watch(open_store, settings.reload_interval_s)))
         tasks.extend(asyncio.create_task(loop()) for loop in mon.loops)
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop = asyncio.get_running_loop()
@@ -852,7 +1069,14 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
         ),
         debug=False,
     )
-    _document(app, Item, BatchRequest, Batch)
+    _document(
+        app,
+        Item,
+        BatchRequest,
+        Batch,
+        infer_body=infer_request_schema(spec, max_batch),
+        rate_limited=settings.rate_limit_per_minute > 0,
+    )
     limiter = (
         _Buckets(settings.rate_limit_per_minute) if settings.rate_limit_per_minute > 0 else None
     )
@@ -863,15 +1087,88 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
     return _Edge(app, limiter, fast={"/v1/predict": predict_one}, recorder=rec)
 
 
-def _document(app: Litestar, item: Any, batch: Any, feedback_batch: Any) -> None:
-    """Add the raw-body routes (predictions, feedback) to the generated OpenAPI document."""
+#: what each error status means, whichever route answers it (the body is ErrorResponse)
+_ERRORS: dict[int, str] = {
+    400: "malformed JSON, or a value the server refuses (the message says which)",
+    401: "missing or wrong 'Authorization: Bearer <ADMIN_TOKEN>'",
+    404: "no such version or experiment",
+    409: "refused in the current state (the message says why)",
+    413: "request body larger than MAX_BODY_MB; send smaller batches",
+    415: "Content-Type is not application/json",
+    422: "a field is missing, unknown, of the wrong type or out of bounds; errors[] names each",
+    429: "RATE_LIMIT_PER_MINUTE exceeded for this client; retry after Retry-After seconds",
+    503: "the store (database and spool) or the model is not available; retry",
+}
+#: the error statuses each operation can answer (besides 429, added when rate limiting is on)
+_ANSWERS: dict[tuple[str, str], tuple[int, ...]] = {
+    ("post", "/v1/predict"): (400, 413, 415, 422),
+    ("post", "/v1/predict/batch"): (400, 413, 415, 422),
+    ("post", "/v1/feedback"): (400, 413, 415, 422, 503),
+    ("post", "/v2/models/{name}/infer"): (413,),
+    ("post", "/v1/admin/reload"): (401, 409),
+    ("post", "/v1/admin/promote"): (400, 401, 404, 413, 422, 503),
+    ("post", "/v1/admin/rollback"): (400, 401, 409, 413, 422, 503),  # 409: nothing earlier
+    ("get", "/v1/admin/experiments"): (401, 503),
+    ("post", "/v1/admin/experiments"): (400, 401, 404, 409, 413, 422, 503),
+    # 404: an unknown experiment id (the message lists the latest ones); 409: a rule of
+    # the experiment's state (one running at a time, stop only a running one)
+    ("get", "/v1/admin/experiments/{experiment_id}"): (400, 401, 404, 503),
+    ("get", "/v1/admin/experiments/{experiment_id}/analysis"): (400, 401, 404, 503),
+    ("post", "/v1/admin/experiments/{experiment_id}/stop"): (400, 401, 404, 409, 413, 422, 503),
+    ("post", "/v1/admin/experiments/{experiment_id}/conclude"): (
+        400,
+        401,
+        404,
+        409,
+        413,
+        422,
+        503,
+    ),
+}
+
+
+def _document(
+    app: Litestar,
+    item: Any,
+    batch: Any,
+    feedback_batch: Any,
+    *,
+    infer_body: dict[str, Any],
+    rate_limited: bool,
+) -> None:
+    """Make the generated OpenAPI document say what the server accepts and answers.
+
+    Adds the raw-body routes (predictions, feedback: their schemas come from the spec's
+    structs) and the V2 infer body; gives every operation each status it can answer
+    (:data:`_ANSWERS`, 429 when ``rate_limited``) with the error body; puts the admin
+    routes behind the bearer scheme; and drops litestar's generic 400 body, which this
+    server never sends (its error table answers instead)."""
     from litestar._openapi.plugin import OpenAPIPlugin
+    from litestar.openapi.spec import Components, Parameter, PathItem, Reference, SecurityScheme
+    from litestar.openapi.spec import OpenAPIHeader as Header
     from litestar.openapi.spec import OpenAPIResponse as OAResponse
-    from litestar.openapi.spec import Parameter, PathItem
+
+    from server.kserve import MODEL_NAME
 
     def schema_of(t: Any) -> Schema:
         js = msgspec.json.schema(t)
         return _schema(js, js.get("$defs", {}))
+
+    def error(status: int) -> OAResponse:
+        headers: dict[str, Header | Reference] | None = None
+        if status == 429:
+            headers = {
+                "retry-after": Header(
+                    schema=Schema(type=OpenAPIType.INTEGER, minimum=1),
+                    required=True,
+                    description="seconds until the next request is allowed",
+                )
+            }
+        return OAResponse(
+            description=_ERRORS[status],
+            content={JSON: OpenAPIMediaType(schema=schema_of(ErrorResponse))},
+            headers=headers,
+        )
 
     def op(body: Any, out: Any, summary: str, op_id: str, explain: bool = False) -> Operation:
         params = [
@@ -879,8 +1176,9 @@ def _document(app: Litestar, item: Any, batch: Any, feedback_batch: Any) -> None
                 name="explain",
                 param_in="query",
                 required=False,
-                schema=Schema(type=OpenAPIType.BOOLEAN),
-                description="add the top feature contributions in minutes",
+                # any value is accepted: these three turn it on, anything else leaves it off
+                schema=Schema(type=OpenAPIType.STRING),
+                description="1, true or yes (any case): add the top feature contributions",
             )
         ]
         return Operation(
@@ -894,10 +1192,6 @@ def _document(app: Litestar, item: Any, batch: Any, feedback_batch: Any) -> None
             responses={
                 "200": OAResponse(
                     description="ETAs", content={JSON: OpenAPIMediaType(schema=schema_of(out))}
-                ),
-                "4XX": OAResponse(
-                    description="bad input; the error names the field path",
-                    content={JSON: OpenAPIMediaType(schema=schema_of(ErrorResponse))},
                 ),
             },
         )
@@ -924,17 +1218,95 @@ def _document(app: Litestar, item: Any, batch: Any, feedback_batch: Any) -> None
         },
         required=True,
     )
-    assert fb.responses is not None
     fb.responses = {
         "202": OAResponse(
             description="stored",
             content={JSON: OpenAPIMediaType(schema=schema_of(FeedbackAccepted))},
         ),
-        **{k: v for k, v in fb.responses.items() if k != "200"},
-        "503": OAResponse(
-            description="neither the database nor the spool could store the rows; resend",
-            content={JSON: OpenAPIMediaType(schema=schema_of(ErrorResponse))},
-        ),
     }
     paths["/v1/feedback"] = PathItem(post=fb)
+
+    # the admin alias bodies: promote needs a version; the alias defaults to MODEL_ALIAS
+    alias = Schema(type=OpenAPIType.STRING, pattern=f"^{ALIAS_RE.pattern}$")
+    for path, needs_version in (("/v1/admin/promote", True), ("/v1/admin/rollback", False)):
+        admin_op = paths[path].post if path in paths else None
+        if admin_op is not None:
+            props = {"alias": alias}
+            if needs_version:
+                props["version"] = Schema(type=OpenAPIType.STRING, min_length=1)
+            admin_op.request_body = RequestBody(
+                content={
+                    JSON: OpenAPIMediaType(
+                        schema=Schema(
+                            type=OpenAPIType.OBJECT,
+                            properties=props,  # type: ignore[arg-type]
+                            required=["version"] if needs_version else None,
+                            additional_properties=False,
+                        )
+                    )
+                },
+                required=needs_version,
+            )
+    quality = paths["/v1/monitoring/quality"].get if "/v1/monitoring/quality" in paths else None
+    if quality is not None and quality.responses is not None:
+        quality.responses["503"] = OAResponse(
+            description="no quality snapshot yet: the first refresh has not finished",
+            content={
+                JSON: OpenAPIMediaType(
+                    schema=Schema(
+                        type=OpenAPIType.OBJECT,
+                        properties={
+                            "status": Schema(const="pending"),
+                            "detail": Schema(type=OpenAPIType.STRING),
+                        },
+                        required=["status", "detail"],
+                    )
+                )
+            },
+        )
+    infer = paths["/v2/models/{name}/infer"].post
+    assert infer is not None
+    infer.request_body = RequestBody(
+        content={JSON: OpenAPIMediaType(schema=_schema(infer_body, {}))}, required=True
+    )
+    admin = False
+    for path, item_ in paths.items():
+        for method in ("get", "post"):
+            operation: Operation | None = getattr(item_, method)
+            if operation is None:
+                continue
+            responses = dict(operation.responses or {})
+            for code, resp in list(responses.items()):
+                media = (resp.content or {}).get(JSON) if isinstance(resp, OAResponse) else None
+                sch = media.schema if media is not None else None
+                if isinstance(sch, Schema) and {"status_code", "detail"} <= set(
+                    sch.properties or {}
+                ):
+                    del responses[code]  # litestar's own 400 body: never sent here
+                elif isinstance(sch, Schema) and code.startswith("2") and sch.type == "string":
+                    media.schema = Schema(type=OpenAPIType.OBJECT)  # type: ignore[union-attr]
+            codes = set(_ANSWERS.get((method, path), ()))
+            if rate_limited and not path.startswith(_UNLIMITED):
+                codes.add(429)
+            for code_ in sorted(codes):
+                responses.setdefault(str(code_), error(code_))
+            operation.responses = responses
+            if path.startswith("/v1/admin"):
+                admin = True
+                operation.security = [{"bearer": []}]
+            for prm in operation.parameters or []:
+                if (
+                    isinstance(prm, Parameter)
+                    and path.startswith("/v2/models/")
+                    and prm.name == "name"
+                ):
+                    prm.schema = Schema(type=OpenAPIType.STRING, enum=[MODEL_NAME])
+                    prm.description = f"the model's name: {MODEL_NAME!r} (any other: 404)"
     doc.paths = paths
+    if admin:
+        doc.components = doc.components or Components()
+        doc.components.security_schemes = {
+            "bearer": SecurityScheme(
+                type="http", scheme="bearer", description="Authorization: Bearer <ADMIN_TOKEN>"
+            )
+        }

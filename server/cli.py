@@ -7,6 +7,7 @@ line on stderr and a non-zero exit; ``INTELLILOG_DEBUG=1`` shows tracebacks.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -38,6 +39,16 @@ def _registry(args: argparse.Namespace) -> Any:
 
 def _spec(args: argparse.Namespace) -> FeatureSpec:
     return load_spec(getattr(args, "spec", None))
+
+
+def _user() -> str:
+    """Who runs this command, for the registry's and experiments' history."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
 
 
 def _positive_int(s: str) -> int:
@@ -115,15 +126,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     spec = _spec(args)
     settings = _train_settings(args)
     reg = _registry(args)
-    res = train_job(
-        args.data,
-        spec,
-        reg,
-        settings,
-        promote=args.promote,
-        dry_run=args.dry_run,
-        served_check=served_check(reg),
-    )
+    with contextlib.ExitStack() as stack:
+        fit = None
+        if args.dask:  # checked even on a dry run; the cluster starts only to train
+            from server.distributed import DaskFit, connect, parse_address, require_dask
+
+            address = parse_address(args.dask)
+            require_dask("train --dask")
+            if not args.dry_run:
+                fit = DaskFit(stack.enter_context(connect(address)))
+        res = train_job(
+            args.data,
+            spec,
+            reg,
+            settings,
+            promote=args.promote,
+            dry_run=args.dry_run,
+            served_check=served_check(reg),
+            fit=fit,
+        )
     if args.json and res.metrics is not None:
         print(json.dumps({"version": res.version, "metrics": res.metrics}, indent=2))
     return 0
@@ -213,8 +234,10 @@ def cmd_models(args: argparse.Namespace) -> int:
         for a, v in aliases.items():
             by_version.setdefault(v, []).append(a)
         versions = reg.versions()
+        archived = reg.archived()
         if args.json:
-            print(json.dumps({"versions": versions, "aliases": aliases}, indent=2))
+            out = {"versions": versions, "aliases": aliases, "archived": archived}
+            print(json.dumps(out, indent=2))
             return 0
         if not versions:
             print(f"no models in {reg.root}: run `intellilog train --data FILE --promote`")
@@ -226,7 +249,8 @@ def cmd_models(args: argparse.Namespace) -> int:
             eng = ",".join(servable_engines(m))
             print(
                 f"{v:8} {m.get('created_at', '')[:19]:20} {met.get('mae', float('nan')):7.2f} "
-                f"{met.get('accuracy', float('nan')) * 100:5.1f}% {eng:33} {','.join(by_version.get(v, []))}"
+                f"{met.get('accuracy', float('nan')) * 100:5.1f}% {eng:33} "
+                f"{','.join(by_version.get(v, []) + (['archived'] if v in archived else []))}"
             )
         return 0
     if args.action == "show":
@@ -240,12 +264,17 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.action == "promote":
         if not args.version:
             raise ConfigError("models promote needs a VERSION")
-        prev = reg.promote(args.version, args.alias)
+        prev = reg.promote(args.version, args.alias, by=_user(), reason=args.reason)
         print(f"{args.alias}: {prev or '(none)'} -> {reg.resolve(args.version)}")
         return 0
     if args.action == "rollback":
-        v = reg.rollback(args.alias)
+        v = reg.rollback(args.alias, by=_user(), reason=args.reason)
         print(f"{args.alias} rolled back to {v}")
+        return 0
+    if args.action == "archive":
+        if not args.version or not args.reason:
+            raise ConfigError("models archive needs a VERSION and --reason")
+        print(f"archived {reg.archive(args.version, args.reason, by=_user())}")
         return 0
     if args.action == "history":
         print(json.dumps(reg.history(args.alias), indent=2))
@@ -260,6 +289,30 @@ def cmd_score(args: argparse.Namespace) -> int:
     reg = _registry(args)
     spec = load_spec(args.spec) if args.spec else None
     settings = _settings()
+    if args.dask:  # the same reading and scoring on every worker: server/distributed.py
+        from server.distributed import connect, score_on_dask
+
+        with connect(args.dask) as client:
+            dreport = score_on_dask(
+                client,
+                args.input,
+                args.out,
+                registry=reg.root,
+                model=args.model,
+                engine=args.engine or settings.engine,
+                threads=args.threads,
+                spec=spec,
+                rejects=args.rejects,
+                batch_rows=args.batch_rows,
+                progress=not args.quiet,
+                allow_gpu=settings.allow_gpu,
+                gpu_min_rows=settings.gpu_min_rows,
+            )
+        if args.json:
+            print(json.dumps(dreport.to_dict(), indent=2))
+        else:
+            print(dreport.format(), file=sys.stderr)
+        return 0
     model = load_model(
         reg,
         args.model,
@@ -385,13 +438,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"no model in {reg.root}: train one first, e.g. `intellilog generate --rows 200000 "
             "--out data/deliveries.parquet && intellilog train --data data/deliveries.parquet --promote`"
         )
-    reg.resolve(settings.model_alias)  # the alias must exist: a clear error now, not in a worker
+    # the alias must name a complete, intact version: one clear error now, not a traceback
+    # from every worker (missing folder, missing file, checksum mismatch, spec, engine)
+    from server.models import check_model
+
+    check_model(reg, settings.model_alias, settings.engine)
     _check_store_schema(settings.database_url)
     print(
         f"serving {reg.root} ({settings.model_alias}) on http://{args.host}:{args.port} with {args.workers} worker(s)",
         file=sys.stderr,
     )
-    Granian(
+    server = Granian(
         "server.app:create_app",
         factory=True,
         interface=Interfaces.ASGI,
@@ -400,7 +457,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         log_access=False,
         workers_kill_timeout=30,
-    ).serve()
+        # a worker that dies (OOM kill, segfault) is started again; the others keep
+        # serving. One that dies again within 5.5 s of its restart ends the server
+        # (granian's crash-loop guard), which then exits non-zero.
+        respawn_failed_workers=True,
+    )
+    respawn_all = server.signal_handler_reload
+
+    def checked_reload(*a: Any, **kw: Any) -> None:
+        """SIGHUP to this process replaces every worker with a fresh one that loads the
+        alias anew. Check the alias first: replacing working workers with ones that
+        cannot load their model would stop the server."""
+        try:
+            check_model(reg, settings.model_alias, settings.engine)
+        except IntelliLogError as exc:
+            print(f"error: SIGHUP refused, the workers keep serving: {exc}", file=sys.stderr)
+            return
+        respawn_all(*a, **kw)
+
+    server.signal_handler_reload = checked_reload  # type: ignore[method-assign]
+    server.serve()
     return 0
 
 
@@ -579,6 +655,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="check spec, data and settings; train nothing"
     )
     t.add_argument("--json", action="store_true", help="print the metrics as JSON on stdout")
+    t.add_argument(
+        "--dask",
+        metavar="local:N|tcp://HOST:PORT",
+        help="train with lightgbm.dask on N local worker processes or a running Dask "
+        "scheduler (needs intellilog[dask]; not bit-identical to single-machine training)",
+    )
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("evaluate", help="metrics of a registered model on a file")
@@ -606,10 +688,11 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     bt.set_defaults(fn=cmd_backtest)
 
-    m = sub.add_parser("models", help="list, show, promote, roll back models")
-    m.add_argument("action", choices=["list", "show", "promote", "rollback", "history"])
+    m = sub.add_parser("models", help="list, show, promote, roll back, archive models")
+    m.add_argument("action", choices=["list", "show", "promote", "rollback", "history", "archive"])
     m.add_argument("version", nargs="?")
     m.add_argument("--alias", default="production")
+    m.add_argument("--reason", default="", help="promote/rollback/archive: recorded in history")
     m.add_argument("--full", action="store_true", help="show: include histograms and checksums")
     m.add_argument("--json", action="store_true")
     reg_opt(m)
@@ -630,6 +713,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=0, help="engine threads (0: all cores)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    s.add_argument(
+        "--dask",
+        metavar="local:N|tcp://HOST:PORT",
+        help="score on N local worker processes or a running Dask scheduler; OUT is then a "
+        "folder of Parquet parts and the refused rows go to OUT.rejects/ (needs "
+        "intellilog[dask])",
+    )
     reg_opt(s)
     s.set_defaults(fn=cmd_score)
 
@@ -737,6 +827,15 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--window", help="drift window, e.g. 24h, 7d (default: $DRIFT_WINDOW or 24h)")
     reg_opt(rp)
     rp.set_defaults(fn=cmd_report)
+
+    from server.experiments.cli import add_parser as add_ab
+
+    add_ab(sub, reg_opt)
+    from server.retrain import add_retrain_parser
+    from server.runs import add_runs_parser
+
+    add_retrain_parser(sub)
+    add_runs_parser(sub)
     return p
 
 

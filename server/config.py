@@ -66,6 +66,24 @@ class Settings:
     drift_interval_s: float = 60.0
     drift_window: str = "24h"
     drift_cycles: str = ""
+    # experiments (server.experiments, when ENABLE_AB_TESTING): the defaults of `ab start`
+    # and of the experiment `retrain` starts; the analysis' minimum detectable effect
+    # (relative MAE change), power and alpha; sequential = the always-valid test
+    ab_mode: str = "shadow"
+    ab_split: float = 0.5
+    ab_duration_hours: float = 48.0
+    ab_mde: float = 0.05
+    ab_power: float = 0.8
+    ab_alpha: float = 0.05
+    ab_sequential: bool = True
+    # retraining (`intellilog retrain`): the feedback window, the least labelled rows, the
+    # MAE improvement over production that makes a candidate (QUALITY_THRESHOLD gates the
+    # data), the local run log ("" = runs.jsonl in the registry folder) and MLflow
+    retrain_lookback_days: float = 7.0
+    retrain_min_samples: int = 100
+    retrain_min_improvement: float = 0.05
+    run_log: str = ""
+    mlflow_tracking_uri: str = ""
 
     @property
     def registry_path(self) -> Path:
@@ -111,6 +129,18 @@ _ENV = {
     "drift_interval_s": "DRIFT_INTERVAL_S",
     "drift_window": "DRIFT_WINDOW",
     "drift_cycles": "DRIFT_CYCLES",
+    "ab_mode": "AB_MODE",
+    "ab_split": "AB_SPLIT",
+    "ab_duration_hours": "AB_DURATION_HOURS",
+    "ab_mde": "AB_MDE",
+    "ab_power": "AB_POWER",
+    "ab_alpha": "AB_ALPHA",
+    "ab_sequential": "AB_SEQUENTIAL",
+    "retrain_lookback_days": "RETRAIN_LOOKBACK_DAYS",
+    "retrain_min_samples": "RETRAIN_MIN_SAMPLES",
+    "retrain_min_improvement": "RETRAIN_MIN_IMPROVEMENT",
+    "run_log": "RUN_LOG",
+    "mlflow_tracking_uri": "MLFLOW_TRACKING_URI",
 }
 
 
@@ -238,12 +268,36 @@ def load_settings(
     )
     parse_window(s.drift_window, "DRIFT_WINDOW")
     parse_cycles([c for c in s.drift_cycles.split(",") if c.strip()], "DRIFT_CYCLES")
+    _check_experiments(s)
     if s.spool_path and Path(s.spool_path).is_dir():
         raise ConfigError(
             f"SPOOL_PATH={s.spool_path!r} is a folder: name a file in it, e.g. "
             f"{str(Path(s.spool_path) / 'intellilog.spool')!r}"
         )
     return s
+
+
+def _check_experiments(s: Settings) -> None:
+    """The AB_* and RETRAIN_* settings, by the rules ``ab start`` and ``retrain`` apply."""
+    if s.ab_mode not in ("ab", "shadow"):
+        raise ConfigError(f"AB_MODE={s.ab_mode!r}: use ab or shadow")
+    for var, value, lo, hi in (
+        ("AB_SPLIT", s.ab_split, 0.0, 1.0),
+        ("AB_MDE", s.ab_mde, 0.0, 1.0),
+        ("AB_POWER", s.ab_power, 0.0, 1.0),
+        ("AB_ALPHA", s.ab_alpha, 0.0, 0.5),
+        ("RETRAIN_MIN_IMPROVEMENT", s.retrain_min_improvement, 0.0, 1.0),
+    ):
+        if not lo < value < hi:
+            raise ConfigError(f"{var}={value!r}: must be between {lo:g} and {hi:g} (exclusive)")
+    if not 0 < s.ab_duration_hours <= 24 * 365:
+        raise ConfigError(f"AB_DURATION_HOURS={s.ab_duration_hours!r}: hours within (0, 8760]")
+    if not 0 < s.retrain_lookback_days <= 3650:
+        raise ConfigError(
+            f"RETRAIN_LOOKBACK_DAYS={s.retrain_lookback_days!r}: days within (0, 3650]"
+        )
+    if s.retrain_min_samples < 1:
+        raise ConfigError(f"RETRAIN_MIN_SAMPLES={s.retrain_min_samples!r}: at least 1")
 
 
 def _redact(url: str) -> str:

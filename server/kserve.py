@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 from litestar import Request, Response, get, post
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath
 
 from kernels.spec import FeatureSpec
@@ -30,7 +31,7 @@ from server.recorder import new_request_id
 if TYPE_CHECKING:
     from server.recorder import Recorder
 
-__all__ = ["MODEL_NAME", "kserve_routes"]
+__all__ = ["MODEL_NAME", "infer_request_schema", "kserve_routes"]
 
 MODEL_NAME = "eta"
 JSON = "application/json"
@@ -71,6 +72,62 @@ class InferResponse(msgspec.Struct, omit_defaults=True):
     id: str | None = None
 
 
+# ---- the other answers, as documented (the handlers build them as dicts) --------------------
+
+
+class V2Error(msgspec.Struct):
+    """The protocol's error body (every 400 and 404 of these routes)."""
+
+    error: str
+
+
+class ServerMetadata(msgspec.Struct):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class Live(msgspec.Struct):
+    live: bool
+
+
+class Ready(msgspec.Struct):
+    ready: bool
+
+
+class ModelReady(msgspec.Struct):
+    name: str
+    ready: bool
+
+
+class TensorMetadata(msgspec.Struct):
+    name: str
+    datatype: str
+    shape: list[int]
+    optional: bool = False
+
+
+class OutputMetadata(msgspec.Struct):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelMetadata(msgspec.Struct):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[OutputMetadata]
+
+
+_OUTPUTS = ("eta_minutes", "eta_p10", "eta_p90")
+_UNKNOWN_MODEL = ResponseSpec(
+    V2Error, description=f"no such model; this server serves {MODEL_NAME!r}"
+)
+_NOT_READY = "not ready: the model is loading or the store is not open"
+
+
 _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder(InferRequest)
 
@@ -80,13 +137,140 @@ class _V2Error(Exception):
 
 
 def _err(status: int, message: str) -> Response[bytes]:
-    return Response(_enc.encode({"error": message}), status_code=status, media_type=JSON)
+    return Response(_enc.encode(V2Error(message)), status_code=status, media_type=JSON)
 
 
 def _flatten(data: list[Any]) -> list[Any]:
     if data and isinstance(data[0], list):
+        if not all(isinstance(row, list) for row in data):
+            raise _V2Error("tensor data mixes rows (lists) and values; send [n] or [n, 1] data")
         return [x for row in data for x in _flatten(row)]
     return data
+
+
+def _kinds(spec: FeatureSpec) -> dict[str, tuple[str, ...]]:
+    """Input tensor name -> the datatypes it accepts, in the spec's order."""
+    kinds: dict[str, tuple[str, ...]] = {
+        spec.pickup_lat: _NUM,
+        spec.pickup_lon: _NUM,
+        spec.dropoff_lat: _NUM,
+        spec.dropoff_lon: _NUM,
+        spec.event_time: ("INT64", "INT32", "BYTES"),
+        spec.key: ("BYTES",),
+    }
+    for c in spec.categorical:
+        kinds[c.name] = ("BYTES",)
+    for n in spec.numeric:
+        kinds[n.name] = _NUM
+    return kinds
+
+
+def infer_request_schema(spec: FeatureSpec, max_batch: int) -> dict[str, Any]:
+    """The JSON Schema of an infer body for ``spec``: one tensor per input, its datatypes,
+    its values bounded like the request struct's fields, every required input present.
+
+    What JSON Schema cannot say is in the description: every tensor has the same number of
+    values, and its ``shape`` multiplies out to that number."""
+    item = msgspec.json.schema(spec.request_struct)
+    fields = item["$defs"][item["$ref"].rsplit("/", 1)[1]]["properties"]
+    kinds = _kinds(spec)
+    optional = {n.name for n in spec.numeric if n.optional} | {spec.key}
+    n_rows = {"type": "integer", "minimum": 1, "maximum": max_batch}
+    obj_or_null = {"anyOf": [{"type": "object"}, {"type": "null"}]}
+    tensors = []
+    for name, datatypes in kinds.items():
+        value = {k: v for k, v in fields[name].items() if k != "default"}
+        tensors.append(
+            {
+                "type": "object",
+                "title": name,
+                "properties": {
+                    "name": {"const": name},
+                    "shape": {
+                        "anyOf": [
+                            {
+                                "type": "array",
+                                "prefixItems": [n_rows],
+                                "minItems": 1,
+                                "maxItems": 1,
+                            },
+                            {
+                                "type": "array",
+                                "prefixItems": [n_rows, {"const": 1}],
+                                "minItems": 2,
+                                "maxItems": 2,
+                            },
+                        ],
+                        "description": "[n] or [n, 1]: n values, one per row",
+                    },
+                    "datatype": {"enum": list(datatypes)},
+                    "data": {
+                        "anyOf": [
+                            {"type": "array", "items": value, "minItems": 1, "maxItems": max_batch},
+                            {
+                                "type": "array",
+                                "items": {
+                                    "type": "array",
+                                    "items": value,
+                                    "minItems": 1,
+                                    "maxItems": 1,
+                                },
+                                "minItems": 1,
+                                "maxItems": max_batch,
+                            },
+                        ]
+                    },
+                    "parameters": obj_or_null,
+                },
+                "required": ["name", "shape", "datatype", "data"],
+            }
+        )
+    required = [name for name in kinds if name not in optional]
+    return {
+        "type": "object",
+        "title": "InferRequest",
+        "description": (
+            f"One tensor per input (required: {', '.join(required)}); every tensor has the "
+            f"same number of values n (1 to {max_batch}, MAX_BATCH_SIZE), and its shape is "
+            "[n] or [n, 1]. Without an order_id tensor the rows are numbered from 0."
+        ),
+        "properties": {
+            "inputs": {
+                "type": "array",
+                "items": {"oneOf": tensors},
+                "minItems": len(required),
+                "allOf": [
+                    {
+                        "contains": {
+                            "type": "object",
+                            "properties": {"name": {"const": r}},
+                            "required": ["name"],
+                        }
+                    }
+                    for r in required
+                ],
+            },
+            "outputs": {
+                "anyOf": [
+                    {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "name": {"enum": list(_OUTPUTS)},
+                                "parameters": obj_or_null,
+                            },
+                            "required": ["name"],
+                        },
+                    },
+                    {"type": "null"},
+                ],
+            },
+            "id": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+            "parameters": obj_or_null,
+        },
+        "required": ["inputs"],
+    }
 
 
 def kserve_routes(
@@ -106,18 +290,7 @@ def kserve_routes(
     def is_ready() -> bool:
         return ready() if ready is not None else holder.ready and holder.model is not None
 
-    kinds: dict[str, tuple[str, ...]] = {
-        spec.pickup_lat: _NUM,
-        spec.pickup_lon: _NUM,
-        spec.dropoff_lat: _NUM,
-        spec.dropoff_lon: _NUM,
-        spec.event_time: ("INT64", "INT32", "BYTES"),
-        spec.key: ("BYTES",),
-    }
-    for c in spec.categorical:
-        kinds[c.name] = ("BYTES",)
-    for n in spec.numeric:
-        kinds[n.name] = _NUM
+    kinds = _kinds(spec)
     required = [c for c in spec.required_columns]
     optional = {n.name for n in spec.numeric if n.optional} | {spec.key}
 
@@ -200,26 +373,42 @@ def kserve_routes(
             idx, _, field = where.rstrip("`").partition("].")
             raise _V2Error(f"input {field!r}[{idx}]: {msg}") from None
 
-    @get("/v2", tags=["kserve-v2"])
+    @get("/v2", tags=["kserve-v2"], responses={200: ResponseSpec(ServerMetadata)})
     async def server_meta() -> dict[str, Any]:
         from training import __version__
 
         return {"name": "intellilog", "version": __version__, "extensions": []}
 
-    @get("/v2/health/live", tags=["kserve-v2"])
+    @get("/v2/health/live", tags=["kserve-v2"], responses={200: ResponseSpec(Live)})
     async def v2_live() -> dict[str, bool]:
         return {"live": True}
 
-    @get("/v2/health/ready", tags=["kserve-v2"])
+    @get(
+        "/v2/health/ready",
+        tags=["kserve-v2"],
+        responses={200: ResponseSpec(Ready), 503: ResponseSpec(Ready, description=_NOT_READY)},
+    )
     async def v2_ready() -> Response[dict[str, bool]]:
         ok = is_ready()
         return Response({"ready": ok}, status_code=200 if ok else 503)
 
-    @get("/v2/models/{name:str}", tags=["kserve-v2"])
+    @get(
+        "/v2/models/{name:str}",
+        tags=["kserve-v2"],
+        responses={200: ResponseSpec(ModelMetadata), 404: _UNKNOWN_MODEL},
+    )
     async def model_meta(name: FromPath[str]) -> Response[Any]:
         return check_name(name) or Response(metadata())
 
-    @get("/v2/models/{name:str}/ready", tags=["kserve-v2"])
+    @get(
+        "/v2/models/{name:str}/ready",
+        tags=["kserve-v2"],
+        responses={
+            200: ResponseSpec(ModelReady),
+            404: _UNKNOWN_MODEL,
+            503: ResponseSpec(ModelReady, description=_NOT_READY),
+        },
+    )
     async def model_ready(name: FromPath[str]) -> Response[Any]:
         bad = check_name(name)
         if bad:
@@ -227,7 +416,18 @@ def kserve_routes(
         ok = is_ready()
         return Response({"name": name, "ready": ok}, status_code=200 if ok else 503)
 
-    @post("/v2/models/{name:str}/infer", status_code=200, tags=["kserve-v2"])
+    @post(
+        "/v2/models/{name:str}/infer",
+        status_code=200,
+        tags=["kserve-v2"],
+        responses={
+            200: ResponseSpec(
+                InferResponse, description="the outputs asked for (default: all three)"
+            ),
+            400: ResponseSpec(V2Error, description="bad tensors; the message names the input"),
+            404: _UNKNOWN_MODEL,
+        },
+    )
     async def infer(name: FromPath[str], request: Request[Any, Any, Any]) -> Response[bytes]:
         bad = check_name(name)
         if bad:
@@ -261,10 +461,10 @@ def kserve_routes(
             X = model.pipe.matrix(model.pipe.columns(items))
             eta, p10, p90 = model.predict(X)
             outs = {"eta_minutes": eta.tolist(), "eta_p10": p10.tolist(), "eta_p90": p90.tolist()}
-            logged: list[Any] = []
+            logged: Any = None
             if recorder is not None and sent is not None:
                 orders = [getattr(it, spec.key) for it in items] if has_key else [None] * len(items)
-                logged = recorder.rows(
+                logged = recorder.texts_chunk(
                     rid,
                     uid,
                     orders,

@@ -34,6 +34,9 @@ __all__ = [
     "RATE_LIMITED",
     "REQUESTS",
     "REQUEST_LATENCY",
+    "RETRAIN_FIRST_RUN",
+    "RETRAIN_LAST_RUN",
+    "RETRAIN_RUNS",
     "render",
 ]
 
@@ -94,6 +97,27 @@ PREDICTION_LOG_QUEUE = Gauge(
 FEEDBACK_ROWS = Counter("intellilog_feedback_rows_total", "feedback rows stored", ["result"])
 for _result in ("inserted", "updated", "unknown"):
     FEEDBACK_ROWS.labels(_result)
+
+# Retraining (server.monitoring.retrain reads the run log, RUN_LOG, on the quality timer):
+# when the latest run of each outcome ended, how many runs of each outcome it holds, and
+# when its first run started ("mostrecent": every worker reads the same file).
+RETRAIN_LAST_RUN = Gauge(
+    "intellilog_retrain_last_run_timestamp_seconds",
+    "end time of the latest retraining run, by outcome (skipped|refused|archived|candidate|failed)",
+    ["outcome"],
+    multiprocess_mode="mostrecent",
+)
+RETRAIN_RUNS = Gauge(
+    "intellilog_retrain_runs",
+    "retraining runs recorded in the run log, by outcome",
+    ["outcome"],
+    multiprocess_mode="mostrecent",
+)
+RETRAIN_FIRST_RUN = Gauge(
+    "intellilog_retrain_first_run_timestamp_seconds",
+    "start time of the first retraining run in the run log",
+    multiprocess_mode="mostrecent",
+)
 
 
 def render() -> bytes:

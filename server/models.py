@@ -25,6 +25,7 @@ from training.registry import Registry
 __all__ = [
     "SERVED_CHECK_ENGINES",
     "LoadedModel",
+    "check_model",
     "first_difference",
     "load_model",
     "model_spec",
@@ -152,6 +153,41 @@ def servable_engines(manifest: dict[str, Any]) -> list[str]:
     return sorted(kinds)
 
 
+def check_model(
+    registry: Registry,
+    ref: str = "production",
+    engine: str = DEFAULT_ENGINE,
+    spec: FeatureSpec | None = None,
+) -> tuple[str, dict[str, Any], FeatureSpec]:
+    """Every check :func:`load_model` makes before it builds an engine: the reference
+    resolves, every checksum matches (no file missing, none half-written), the spec hash
+    and feature order agree, and the version has ``engine``'s export.
+
+    Cheap (hashes the files, compiles nothing): ``intellilog serve`` runs it before it
+    starts any worker, so a broken alias is one error line and a non-zero exit instead of
+    a traceback from every worker. Returns the version, its manifest and its spec; raises
+    :class:`ModelLoadError` naming the first problem.
+    """
+    version = registry.resolve(ref)
+    manifest = registry.verify(version)
+    trained = model_spec(manifest, version)
+    if manifest.get("levels") is None:
+        raise ModelLoadError(f"model {version}: manifest lacks 'levels'; retrain it")
+    _check_feature_order(version, trained, manifest, registry.path(version))
+    if spec is not None and spec.hash != trained.hash:
+        raise ModelLoadError(
+            f"model {version} was trained with spec {trained.name!r} (hash {trained.hash}); "
+            f"the given spec {spec.name!r} has hash {spec.hash}: use the model's spec or retrain"
+        )
+    engines = manifest.get("engines", {})
+    source = KIND_SOURCES.get(engine, engine)  # compiled: serves the numba export
+    if source not in engines:
+        have = ", ".join(sorted(engines)) or "none"
+        via = f" (the {engine!r} engine needs its {source!r} export)" if source != engine else ""
+        raise ModelLoadError(f"model {version} has no {source!r} engine{via} (has: {have})")
+    return version, manifest, trained
+
+
 def load_model(
     registry: Registry,
     ref: str = "production",
@@ -175,25 +211,9 @@ def load_model(
             if hasattr(os, "sched_getaffinity")
             else (os.cpu_count() or 1)
         )
-    version = registry.resolve(ref)
-    manifest = registry.verify(version)
-    trained = model_spec(manifest, version)
-    levels = manifest.get("levels")
-    if levels is None:
-        raise ModelLoadError(f"model {version}: manifest lacks 'levels'; retrain it")
-    _check_feature_order(version, trained, manifest, registry.path(version))
-    if spec is not None and spec.hash != trained.hash:
-        raise ModelLoadError(
-            f"model {version} was trained with spec {trained.name!r} (hash {trained.hash}); "
-            f"the given spec {spec.name!r} has hash {spec.hash}: use the model's spec or retrain"
-        )
+    version, manifest, trained = check_model(registry, ref, engine, spec)
     engines = manifest.get("engines", {})
-    source = KIND_SOURCES.get(engine, engine)  # compiled: serves the numba export
-    if source not in engines:
-        have = ", ".join(sorted(engines)) or "none"
-        via = f" (the {engine!r} engine needs its {source!r} export)" if source != engine else ""
-        raise ModelLoadError(f"model {version} has no {source!r} engine{via} (has: {have})")
-    pipe = Pipeline(trained, levels)
+    pipe = Pipeline(trained, manifest["levels"])
     hb = engines.get("hummingbird")
     predictor = Predictor(
         registry.path(version),

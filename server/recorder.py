@@ -8,11 +8,14 @@ server starts, says so in one warning, spools predictions and feedback to ``SPOO
 and tries to open the store again every ``reopen_interval`` seconds; once it is open, the
 prediction log replays the spool into it.
 
-Hot path: the routes hand over what they already hold (request ids, each row's input as
-sent, the feature matrix, the answers) and :meth:`Recorder.submit` queues one
-:class:`~server.store.PredictionRow` per row (``PredictionLog.submit``: no await, no I/O).
-With ``PREDICTION_LOG=off`` the routes build and submit nothing; the store still takes
-feedback.
+Hot path: the routes hand over what they already hold, once per request: the request
+id, the order ids, the body as received, the feature matrix, the answer lists, the model
+version and arm that answered (:meth:`Recorder.submit_one`, :meth:`Recorder.submit_batch`,
+:meth:`Recorder.chunk`). That is one :class:`~server.store.chunks.PredictionChunk`,
+queued as it is (``PredictionLog.submit``: no await, no I/O, nothing per row); the log's
+writer splits the body into the rows' inputs and packs the columns into the store's
+batches on the store's thread. With ``PREDICTION_LOG=off`` the routes build and submit
+nothing; the store still takes feedback.
 
 Cost (bench/RESULTS.md, "Prediction log cost"): building and queueing the rows is ~1.5 µs
 per single-row request and ~1 µs per batch row on the event loop; writing them is the
@@ -53,9 +56,9 @@ from server.store import (
     PredictionRow,
     SchemaVersionError,
     Store,
-    pack_features,
     store_from_url,
 )
+from server.store.chunks import PredictionChunk
 
 __all__ = ["ARM", "Recorder", "new_request_id"]
 
@@ -141,9 +144,11 @@ class Recorder:
             self.store_open = True
             log.info("store %s open", store.url)
         self.store = store
-        # batches of up to 2000 rows: under load, fewer commits (each one an fsync on
-        # SQLite) for the same rows
-        self.log = PredictionLog(store, self.spool_path, batch_size=2000)
+        # batches of up to 8000 rows: under load, fewer writes for the same rows. Each
+        # write has a fixed cost on the server's core (a commit, an fsync on SQLite, the
+        # writer thread evicting the event loop's working set from the CPU caches):
+        # ~1 µs per batch row less than with 2000 (bench/RESULTS.md, "Prediction log cost")
+        self.log = PredictionLog(store, self.spool_path, batch_size=8000)
         await self.log.start()
         self._tasks.append(asyncio.create_task(self._publish(), name="intellilog-log-metrics"))
         if self.retention_s > 0:
@@ -176,43 +181,46 @@ class Recorder:
 
     # -- the hot path -------------------------------------------------------------------
 
-    def rows(
+    def chunk(
         self,
         request_id: str,
         uid: str,
         order_ids: Sequence[str | None],
-        inputs: Sequence[str],
+        inputs: bytes,
         X: np.ndarray,
         eta: Sequence[float],
         p10: Sequence[float],
         p90: Sequence[float],
         version: str,
-    ) -> list[PredictionRow]:
-        """One PredictionRow per predicted row (pure: may run on a worker thread)."""
-        now = time.time()
-        tenant = self.tenant
-        return [
-            PredictionRow(
-                row_id=f"{uid}:{i}",
-                request_id=request_id,
-                order_id=o,
-                tenant=tenant,
-                model_version=version,
-                arm=ARM,
-                inputs=s,
-                features=f,
-                eta=e,
-                p10=lo,
-                p90=hi,
-                created_at=now,
-            )
-            for i, (o, s, f, e, lo, hi) in enumerate(
-                zip(order_ids, inputs, pack_features(X), eta, p10, p90, strict=True)
-            )
-        ]
+        *,
+        sizes: Sequence[int] | None = None,
+        rows_at: str = "",
+        arm: str = ARM,
+    ) -> PredictionChunk:
+        """The predicted rows of one request as one :class:`PredictionChunk` (nothing per
+        row). ``inputs``: the rows' inputs as sent, laid out as the chunk says (``sizes``:
+        back to back; ``rows_at``: the elements of that array of a JSON body; neither: the
+        one row's body). ``arm`` and ``version`` are the ones that answered."""
+        return PredictionChunk(
+            request_id=request_id,
+            uid=uid,
+            order_ids=order_ids,
+            tenant=self.tenant,
+            model_version=version,
+            arm=arm,
+            inputs=inputs,
+            features=X,
+            eta=eta,
+            p10=p10,
+            p90=p90,
+            created_at=time.time(),
+            sizes=sizes,
+            rows_at=rows_at,
+        )
 
-    def submit(self, rows: Sequence[PredictionRow]) -> None:
-        """Queue ``rows`` for the store: no await, no I/O (``PredictionLog.submit``)."""
+    def submit(self, rows: PredictionChunk | Sequence[PredictionRow]) -> None:
+        """Queue ``rows`` (a chunk, or rows) for the store: no await, no I/O
+        (``PredictionLog.submit``)."""
         if self.log is not None:
             self.log.submit(rows)
         else:  # a request answered outside the lifespan (no start()): nowhere to log it
@@ -229,23 +237,103 @@ class Recorder:
         p10: float,
         p90: float,
         version: str,
+        arm: str = ARM,
     ) -> None:
         """:meth:`submit` for one row: ``body`` is the request as sent, ``X`` [1, F]."""
-        row = PredictionRow(
-            row_id=uid + ":0",
-            request_id=request_id,
-            order_id=order_id,
-            tenant=self.tenant,
-            model_version=version,
-            arm=ARM,
-            inputs=body.decode("utf-8", "replace"),
-            features=pack_features(X)[0],
-            eta=eta,
-            p10=p10,
-            p90=p90,
-            created_at=time.time(),
+        # positional: half the cost of the keyword call, on every single-row request
+        c = PredictionChunk(
+            request_id,
+            uid,
+            (order_id,),
+            self.tenant,
+            version,
+            arm,
+            body,
+            X,
+            (eta,),
+            (p10,),
+            (p90,),
+            time.time(),
         )
-        self.submit((row,))
+        if self.log is not None:
+            self.log.submit(c)
+        else:
+            self.submit(c)
+
+    def submit_batch(
+        self,
+        request_id: str,
+        uid: str,
+        order_ids: Sequence[str | None],
+        body: bytes,
+        X: np.ndarray,
+        eta: Sequence[float],
+        p10: Sequence[float],
+        p90: Sequence[float],
+        version: str,
+        *,
+        rows_at: str = "deliveries",
+        arm: str = ARM,
+    ) -> None:
+        """:meth:`submit` for a batch request: ``body`` is the request as sent, each row's
+        input the element of its ``rows_at`` array (split off the hot path)."""
+        self.submit(
+            self.chunk(
+                request_id,
+                uid,
+                order_ids,
+                body,
+                X,
+                eta,
+                p10,
+                p90,
+                version,
+                rows_at=rows_at,
+                arm=arm,
+            )
+        )
+
+    def texts_chunk(
+        self,
+        request_id: str,
+        uid: str,
+        order_ids: Sequence[str | None],
+        texts: Sequence[str],
+        X: np.ndarray,
+        eta: Sequence[float],
+        p10: Sequence[float],
+        p90: Sequence[float],
+        version: str,
+        arm: str = ARM,
+    ) -> PredictionChunk:
+        """:meth:`chunk` for rows whose inputs are texts (one JSON text per row)."""
+        text = "".join(texts)
+        blob = text.encode()
+        sizes = (
+            list(map(len, texts)) if len(blob) == len(text) else [len(t.encode()) for t in texts]
+        )
+        return self.chunk(
+            request_id, uid, order_ids, blob, X, eta, p10, p90, version, sizes=sizes, arm=arm
+        )
+
+    def rows(
+        self,
+        request_id: str,
+        uid: str,
+        order_ids: Sequence[str | None],
+        inputs: Sequence[str],
+        X: np.ndarray,
+        eta: Sequence[float],
+        p10: Sequence[float],
+        p90: Sequence[float],
+        version: str,
+        arm: str = ARM,
+    ) -> list[PredictionRow]:
+        """One PredictionRow per predicted row, as the store keeps them (the rows a chunk
+        of the same arguments stands for)."""
+        return self.texts_chunk(
+            request_id, uid, order_ids, inputs, X, eta, p10, p90, version, arm=arm
+        ).rows()
 
     # -- feedback -----------------------------------------------------------------------
 

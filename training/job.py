@@ -21,7 +21,14 @@ from training.export import export_engines, parity_rows
 from training.io import read_table
 from training.quality import QualityReport, assess, require_quality
 from training.registry import Registry
-from training.train import TrainSettings, fit_models, metrics_table, prepare, settings_dict
+from training.train import (
+    BoosterFit,
+    TrainSettings,
+    fit_models,
+    metrics_table,
+    prepare,
+    settings_dict,
+)
 
 __all__ = ["ServedCheck", "TrainOutcome", "file_digest", "train_job"]
 
@@ -64,11 +71,14 @@ def train_job(
     out: TextIO | None = None,
     *,
     served_check: ServedCheck,
+    fit: BoosterFit | None = None,
 ) -> TrainOutcome:
     """Train, export, publish, prove the version as served, then (optionally) promote.
 
     A version whose served answers differ from the training-time boosters is deleted
-    before anything can point at it, and the error names the engine and the row."""
+    before anything can point at it, and the error names the engine and the row.
+    ``fit`` trains each model elsewhere (:data:`training.train.BoosterFit`, e.g. on a
+    Dask cluster); the manifest's ``trainer`` says which."""
     out = out or sys.stderr
     t0 = time.perf_counter()
     settings.validate()
@@ -87,7 +97,7 @@ def train_job(
     if dry_run:
         out.write("dry run: spec, data and settings are fine; nothing trained\n")
         return TrainOutcome(None, None, quality, False, time.perf_counter() - t0)
-    res = fit_models(prep, settings, out)
+    res = fit_models(prep, settings, out, fit=fit)
     out.write(metrics_table(res.metrics) + "\n")
     staging = registry.stage()
     rng = np.random.default_rng(settings.seed)
@@ -125,6 +135,7 @@ def train_job(
             trainX, list(spec.feature_names), categorical=list(spec.categorical_feature_indices)
         ),
         "train_seconds": round(res.seconds, 2),
+        "trainer": str(getattr(fit, "description", "lightgbm")) if fit else "lightgbm",
     }
     version = registry.publish(staging, manifest)
     # the artifact as served: reloaded through the server's loader, fed raw input rows

@@ -1,4 +1,4 @@
-"""The one place that imports optional, heavy dependencies (extra ``gpu``).
+"""The one place that imports optional, heavy dependencies (extras ``gpu``, ``mlflow``).
 
 Everything else asks :func:`has_hummingbird` or calls :func:`hummingbird`; a
 missing package becomes a :class:`~kernels.errors.ConfigError` that says which
@@ -12,7 +12,7 @@ from types import ModuleType
 
 from kernels.errors import ConfigError
 
-__all__ = ["has_hummingbird", "hummingbird"]
+__all__ = ["has_hummingbird", "has_mlflow", "hummingbird", "mlflow"]
 
 _INSTALL = "install `intellilog[gpu]` for {what} (hummingbird-ml and torch are missing: {err})"
 
@@ -41,3 +41,29 @@ def hummingbird(what: str = "the hummingbird engine") -> tuple[ModuleType, Modul
     except Exception as exc:  # ImportError, or a broken binary wheel (OSError, ...)
         raise ConfigError(_INSTALL.format(what=what, err=f"{type(exc).__name__}: {exc}")) from exc
     return hb_ml, torch
+
+
+_INSTALL_MLFLOW = "install `intellilog[mlflow]` for {what} (mlflow is missing: {err})"
+
+
+def has_mlflow() -> bool:
+    """True when ``mlflow`` (or ``mlflow-skinny``) is installed (nothing is imported)."""
+    try:
+        return importlib.util.find_spec("mlflow") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def mlflow(what: str = "MLflow tracking") -> ModuleType:
+    """Import and return ``mlflow``.
+
+    Raises ConfigError("install `intellilog[mlflow]` for <what> ...") when it is missing
+    or fails to import.
+    """
+    try:
+        import mlflow as mlflow_
+    except Exception as exc:  # ImportError, or a broken dependency
+        raise ConfigError(
+            _INSTALL_MLFLOW.format(what=what, err=f"{type(exc).__name__}: {exc}")
+        ) from exc
+    return mlflow_

@@ -6,7 +6,8 @@ Layout under the root (``MODEL_ARTIFACT_PATH``, default ``./models``)::
     <root>/versions/v1/manifest.json   metadata + {"files": {relpath: sha256}}
     <root>/aliases.json            {"aliases": {"production": "v2"},
                                     "history": {"production": [{...}, ...]},
-                                    "deleted": {"v4": "<ISO UTC>"}}
+                                    "deleted": {"v4": "<ISO UTC>"},
+                                    "archived": {"v3": {"at": ..., "reason": ...}}}
     <root>/.staging/stage-<hex>/   work folders that become versions on publish
     <root>/.lock                   advisory lock file taken by every writer
 
@@ -44,6 +45,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from kernels.errors import ConfigError, ModelLoadError
+from training.atomic import write_text_atomic
 
 __all__ = [
     "ALIAS_RE",
@@ -99,25 +101,15 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` so that readers see the old or the new content.
+    """Replace ``path`` with ``text`` so that readers see the old or the new content
+    (:func:`training.atomic.write_text_atomic`: temp file in the same folder, fsync,
+    ``os.replace``, fsync of the folder; a failure is one line naming the path)."""
+    write_text_atomic(path, text)
 
-    The temp file lives in the same folder (same file system, so ``os.replace`` is
-    atomic), is created with mode 0666 minus the umask like an ordinary file, and is
-    fsynced before the replace.
-    """
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
+
+def _who(by: str, reason: str) -> dict[str, str]:
+    """The optional ``by``/``reason`` fields of a history entry."""
+    return {k: v for k, v in (("by", by), ("reason", reason)) if v}
 
 
 def _version_number(name: str) -> int | None:
@@ -240,12 +232,15 @@ class Registry:
             _fsync_dir(self._versions_dir)
         return version
 
-    def promote(self, ref: str, alias: str = "production") -> str | None:
+    def promote(
+        self, ref: str, alias: str = "production", *, by: str = "", reason: str = ""
+    ) -> str | None:
         """Point ``alias`` at the version ``ref`` names, after verifying its checksums.
 
         Returns the version the alias pointed to before (None if it was unset). The
-        change is recorded in the alias history; promoting the version the alias
-        already points to changes and records nothing.
+        change is recorded in the alias history (with ``by`` and ``reason`` when given);
+        promoting the version the alias already points to changes and records nothing.
+        A promoted version is no longer archived.
         """
         _check_alias(alias)
         with self._lock():
@@ -255,10 +250,47 @@ class Registry:
             previous = state["aliases"].get(alias)
             if previous == version:
                 return previous
-            self._set_alias(state, alias, version, previous, "promote")
+            state["archived"].pop(version, None)
+            self._set_alias(state, alias, version, previous, "promote", by=by, reason=reason)
         return previous
 
-    def rollback(self, alias: str = "production") -> str:
+    def unset(self, alias: str, *, by: str = "", reason: str = "") -> str | None:
+        """Remove ``alias`` (e.g. ``candidate`` once its experiment ended); return the
+        version it pointed to (None if it was unset). Recorded in the alias history."""
+        _check_alias(alias)
+        with self._lock():
+            state = self._read_state()
+            previous = state["aliases"].pop(alias, None)
+            if previous is None:
+                return None
+            state["history"].setdefault(alias, []).append(
+                {"version": None, "previous": previous, "at": _now(), "action": "unset"}
+                | _who(by, reason)
+            )
+            self._write_state(state)
+        return previous
+
+    def archive(self, ref: str, reason: str, *, by: str = "") -> str:
+        """Mark a version archived (a candidate that lost, a model that was replaced):
+        it stays on disk and can be promoted again, which clears the mark. Refused while
+        an alias other than history points to it."""
+        with self._lock():
+            version = self.resolve(ref)
+            state = self._read_state()
+            holders = sorted(a for a, v in state["aliases"].items() if v == version)
+            if holders:
+                raise ConfigError(
+                    f"refusing to archive {version}: alias(es) {', '.join(holders)} point to it"
+                )
+            state["archived"][version] = {"at": _now(), "reason": reason} | _who(by, "")
+            self._write_state(state)
+        return version
+
+    def archived(self) -> dict[str, dict[str, Any]]:
+        """``{version: {"at", "reason", ["by"]}}`` of the archived versions."""
+        return {v: dict(a) for v, a in self._read_state()["archived"].items()}
+
+    def rollback(self, alias: str = "production", *, by: str = "", reason: str = "") -> str:
         """Move ``alias`` back to the version it had before its last change; return it.
 
         The target is verified first. Two rollbacks in a row toggle between the
@@ -289,7 +321,8 @@ class Registry:
                     f"{self.versions()}"
                 )
             self.verify(target)
-            self._set_alias(state, alias, target, current, "rollback")
+            state["archived"].pop(target, None)
+            self._set_alias(state, alias, target, current, "rollback", by=by, reason=reason)
         return target
 
     def delete(self, ref: str) -> None:
@@ -530,7 +563,7 @@ class Registry:
         try:
             text = self._aliases_file.read_text(encoding="utf-8")
         except FileNotFoundError:
-            return {"aliases": {}, "history": {}, "deleted": {}}
+            return {"aliases": {}, "history": {}, "deleted": {}, "archived": {}}
         fix = (
             f"restore it from a backup, or delete it and promote a version again "
             f"(known versions: {', '.join(self.versions()) or 'none'})"
@@ -542,7 +575,7 @@ class Registry:
         if not isinstance(data, dict):
             raise ModelLoadError(f"{self._aliases_file} is not a JSON object: {fix}")
         state: dict[str, Any] = {}
-        for key in ("aliases", "history", "deleted"):
+        for key in ("aliases", "history", "deleted", "archived"):
             value = data.get(key, {})
             if not isinstance(value, dict):
                 raise ModelLoadError(f"{self._aliases_file}: {key!r} is not an object: {fix}")
@@ -561,11 +594,15 @@ class Registry:
         version: str,
         previous: str | None,
         action: str,
+        *,
+        by: str = "",
+        reason: str = "",
     ) -> None:
         """Point ``alias`` at ``version``, append to its history, write the state."""
         state["aliases"][alias] = version
         state["history"].setdefault(alias, []).append(
             {"version": version, "previous": previous, "at": _now(), "action": action}
+            | _who(by, reason)
         )
         self._write_state(state)
 

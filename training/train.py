@@ -25,7 +25,15 @@ from kernels.spec import FeatureSpec
 from training.io import Converted, learn_levels, to_columns
 from training.metrics import BaselineModel, interval_metrics, point_metrics
 
-__all__ = ["Prepared", "TrainResult", "TrainSettings", "fit_models", "prepare", "time_split"]
+__all__ = [
+    "BoosterFit",
+    "Prepared",
+    "TrainResult",
+    "TrainSettings",
+    "fit_models",
+    "prepare",
+    "time_split",
+]
 
 _MIN_TRAIN_ROWS = 200
 _MIN_HOLDOUT_ROWS = 50
@@ -210,10 +218,23 @@ def _progress(name: str, total: int, out: TextIO | None) -> Callable[[Any], None
     return cb
 
 
-def fit_models(prep: Prepared, settings: TrainSettings, out: TextIO | None = None) -> TrainResult:
+#: ``fit(name, params, prep, settings, out)``: another trainer for one model (e.g.
+#: ``server.distributed.DaskFit`` on a Dask cluster). It trains on ``prep``'s training rows
+#: with ``params`` and returns the booster with ``best_iteration`` set by the same
+#: early-stopping rule on ``prep``'s early-stopping rows; everything around it is shared.
+BoosterFit = Callable[[str, dict[str, Any], Prepared, TrainSettings, TextIO | None], lgb.Booster]
+
+
+def fit_models(
+    prep: Prepared,
+    settings: TrainSettings,
+    out: TextIO | None = None,
+    fit: BoosterFit | None = None,
+) -> TrainResult:
     """Fit the point model and the two quantile models; evaluate on the holdout.
 
-    Progress goes to ``out`` (None: silent).
+    Progress goes to ``out`` (None: silent). ``fit`` (None: LightGBM on this machine)
+    trains each model instead of :func:`lightgbm.train`.
     """
     t0 = time.perf_counter()
     X, y = prep.X, prep.y
@@ -239,17 +260,20 @@ def fit_models(prep: Prepared, settings: TrainSettings, out: TextIO | None = Non
             out.write(
                 f"training {name} model ({params['objective']}, {len(tr)} rows, early stopping on {len(va)})\n"
             )
-        b = lgb.train(
-            params,
-            dtrain,
-            num_boost_round=settings.max_rounds,
-            valid_sets=[dvalid],
-            valid_names=["valid"],
-            callbacks=[
-                lgb.early_stopping(settings.early_stopping, verbose=False),
-                _progress(name, settings.max_rounds, out),
-            ],
-        )
+        if fit is not None:
+            b = fit(name, params, prep, settings, out)
+        else:
+            b = lgb.train(
+                params,
+                dtrain,
+                num_boost_round=settings.max_rounds,
+                valid_sets=[dvalid],
+                valid_names=["valid"],
+                callbacks=[
+                    lgb.early_stopping(settings.early_stopping, verbose=False),
+                    _progress(name, settings.max_rounds, out),
+                ],
+            )
         best[name] = int(b.best_iteration or b.current_iteration())
         # keep only the trees that early stopping chose, so every engine serves the same model
         boosters[name] = lgb.Booster(model_str=b.model_to_string(num_iteration=best[name]))

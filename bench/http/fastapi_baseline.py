@@ -88,6 +88,7 @@ class Prediction(BaseModel):
     eta_p90: float
     model_version: str
     request_id: str
+    arm: str
 
 
 class BatchItem(BaseModel):
@@ -96,6 +97,7 @@ class BatchItem(BaseModel):
     eta_p10: float
     eta_p90: float
     model_version: str
+    arm: str
 
 
 class BatchResponse(BaseModel):
@@ -186,6 +188,7 @@ async def predict(delivery: Delivery, response: Response) -> Prediction:
         eta_p90=float(p90[0]),
         model_version=VERSION,
         request_id=rid,
+        arm="production",
     )
 
 
@@ -196,7 +199,14 @@ async def predict_batch(batch: BatchRequest, response: Response) -> BatchRespons
     rid = uuid.uuid4().hex
     response.headers["x-request-id"] = rid
     preds = [
-        BatchItem(order_id=o, eta_minutes=e, eta_p10=lo, eta_p90=hi, model_version=VERSION)
+        BatchItem(
+            order_id=o,
+            eta_minutes=e,
+            eta_p10=lo,
+            eta_p90=hi,
+            model_version=VERSION,
+            arm="production",
+        )
         for o, e, lo, hi in zip(
             df["order_id"], eta.tolist(), p10.tolist(), p90.tolist(), strict=True
         )

@@ -122,7 +122,9 @@ def _build(coalesce: bool = False) -> tuple[Any, Callable[[Any, Receive, Send], 
         eta, p10, p90 = await predict_one(model, X)
         latency.observe(time.perf_counter() - t0)
         rid = given.decode() if 0 < len(given) <= 128 else os.urandom(16).hex()
-        out = enc.encode(Prediction(getattr(item, key), eta, p10, p90, model.version, rid))
+        out = enc.encode(
+            Prediction(getattr(item, key), eta, p10, p90, model.version, rid, "production")
+        )
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(out)).encode()),

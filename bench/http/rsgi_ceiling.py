@@ -79,7 +79,7 @@ def _predict_one(body: bytes, rid: str) -> bytes:
     item = _dec_one.decode(body)
     X = _pipe.row(item, _row_out)
     eta, p10, p90 = _model.predictor.predict_one(X)
-    out = Prediction(getattr(item, _KEY), eta, p10, p90, _VERSION, rid)
+    out = Prediction(getattr(item, _KEY), eta, p10, p90, _VERSION, rid, "production")
     return _enc.encode(out)
 
 
@@ -87,7 +87,7 @@ def _predict_batch(body: bytes, rid: str) -> bytes:
     items = _dec_batch.decode(body).deliveries  # type: ignore[attr-defined]
     eta, p10, p90 = _model.predict(_pipe.matrix(_pipe.columns(items)))
     preds = [
-        BatchItem(getattr(it, _KEY), e, lo, hi, _VERSION)
+        BatchItem(getattr(it, _KEY), e, lo, hi, _VERSION, "production")
         for it, e, lo, hi in zip(items, eta.tolist(), p10.tolist(), p90.tolist(), strict=True)
     ]
     return _enc.encode(BatchResponse(preds, len(preds), _VERSION, rid))

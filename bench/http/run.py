@@ -23,7 +23,13 @@ processes to go quiet. ``--servers`` also takes the probes of ``fastpath_probe.p
 (``intellilog serve`` with ``MICRO_BATCH_MAX=1``) and ``ours_nolog`` (``intellilog serve``
 with ``PREDICTION_LOG=off``; ``ours`` logs every prediction to a SQLite file in the work
 folder), which are not run by default. With both ``ours`` and ``ours_nolog``, the summary
-gives the cost of the prediction log as on/off ratios (budget: single ≥ 0.90, batch ≥ 0.95).
+gives the cost of the prediction log as on/off ratios (budget: single ≥ 0.90, batch ≥ 0.95),
+of the medians and of every round (``log_on_over_off_rounds``: the servers run in turn
+within each round, so each round's ratio compares neighbouring measurements).
+``--postgres`` logs to a throwaway PostgreSQL instead (``tests/pgserver.py``: initdb and
+start from the installed binaries, its processes pinned to the load generator's core,
+one database for every server and round, deleted at the end); ``--database-url`` to any
+other database.
 
 Writes ``--out`` (default ``bench/http/results``) ``.json`` and ``.md``.
 
@@ -34,6 +40,7 @@ almost 5 minutes once while other jobs shared the machine)::
     /tmp/fastapi-venv/bin/pip install fastapi 'uvicorn[standard]' pandas lightgbm
     apt-get install -y nghttp2-client   # h2load (or wrk)
     .venv/bin/python bench/http/run.py [--registry DIR] [--duration 5] [--rounds 1]
+    .venv/bin/python bench/http/run.py --servers ours,ours_nolog --rounds 3 [--postgres]
 """
 
 from __future__ import annotations
@@ -62,6 +69,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from load import free_port, tree_cpu_seconds
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(1, str(ROOT))  # tests.pgserver for --postgres
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 SERVERS = ("ours", "ceiling", "baseline")
@@ -461,6 +469,35 @@ def ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
 
 
+def log_rounds(rounds: dict[str, list[dict[str, Any]]]) -> dict[str, list[float]]:
+    """The prediction log's on/off ratios of every round (``ours`` against the
+    ``ours_nolog`` run of the same round)."""
+    on, off = rounds.get("ours", []), rounds.get("ours_nolog", [])
+
+    def peak(r: dict[str, Any]) -> float:
+        return max(r[f"single_c{c}"]["rps"] for c in SINGLE_C)
+
+    def rows(r: dict[str, Any]) -> float:
+        return float(r[f"batch{BATCH_ROWS}_c{BATCH_C}"]["rows_per_s"])
+
+    pairs = list(zip(on, off, strict=False))
+    return {
+        "single_peak": [round(ratio(peak(a), peak(b)), 3) for a, b in pairs],
+        "batch_rows": [round(ratio(rows(a), rows(b)), 3) for a, b in pairs],
+    }
+
+
+def launch_postgres(cpu: str | None) -> Any:
+    """A throwaway PostgreSQL (tests/pgserver.py), its processes pinned to ``cpu``."""
+    from tests.pgserver import PgServer
+
+    pg = PgServer.launch()
+    if cpu is not None:
+        pid = int((pg.data / "postmaster.pid").read_text().split()[0])
+        os.sched_setaffinity(pid, {int(cpu)})  # backends forked later inherit it
+    return pg
+
+
 def summarise(res: dict[str, dict[str, Any]]) -> dict[str, Any]:
     s: dict[str, Any] = {}
     have = [n for n in ALL if n in res]
@@ -625,6 +662,11 @@ def main(argv: list[str] | None = None) -> int:
         "--database-url",
         help="DATABASE_URL of our servers (default: a SQLite file per server in the work folder)",
     )
+    ap.add_argument(
+        "--postgres",
+        action="store_true",
+        help="log to a throwaway PostgreSQL (tests/pgserver.py) pinned to the load core",
+    )
     ap.add_argument("--server-cpu", default="0", help="core for the server ('' = unpinned)")
     ap.add_argument("--load-cpu", default="1", help="core for the load generator ('' = unpinned)")
     ap.add_argument("--tool", choices=["h2load", "wrk"], help="default: h2load, else wrk")
@@ -655,10 +697,17 @@ def main(argv: list[str] | None = None) -> int:
     args.load_cpu = (args.load_cpu or None) if has_taskset else None
     if not has_taskset:
         log("warning: no taskset or one core: server and load generator share the CPUs")
+    if args.postgres and args.database_url:
+        ap.error("--postgres and --database-url exclude each other")
 
     t_start = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="intellilog-http-"))
+    pg = None
     try:
+        if args.postgres:
+            pg = launch_postgres(args.load_cpu)
+            args.database_url = pg.new_database()
+            log(f"PostgreSQL at {pg.root}, pinned to core {args.load_cpu}")
         reg = (
             Path(args.registry).resolve()
             if args.registry
@@ -701,11 +750,17 @@ def main(argv: list[str] | None = None) -> int:
                 "trained_here": not args.registry,
                 "train_rows": None if args.registry else args.rows,
                 "max_rounds": None if args.registry else args.max_rounds,
-                "database": _redact(args.database_url) if args.database_url else "sqlite file",
+                "database": (
+                    "postgresql (--postgres)"
+                    if args.postgres
+                    else _redact(args.database_url)
+                    if args.database_url
+                    else "sqlite file"
+                ),
             },
             "results": results,
             "rounds": rounds if args.rounds > 1 else None,
-            "summary": summarise(results),
+            "summary": {**summarise(results), "log_on_over_off_rounds": log_rounds(rounds)},
             "elapsed_s": time.perf_counter() - t_start,
         }
         out = Path(args.out)
@@ -714,8 +769,12 @@ def main(argv: list[str] | None = None) -> int:
         md = markdown(report)
         out.with_suffix(".md").write_text(md)
         print(md)
+        if report["summary"]["log_on_over_off_rounds"]["batch_rows"]:
+            log(f"prediction log on/off per round: {report['summary']['log_on_over_off_rounds']}")
         log(f"wrote {out}.json and {out}.md in {report['elapsed_s']:.0f} s")
     finally:
+        if pg is not None:
+            pg.destroy()
         if args.keep:
             log(f"kept {work}")
         else:

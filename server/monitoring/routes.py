@@ -24,8 +24,10 @@ from server.monitoring.quality import (
     quality_route_payload,
     tolerance_minutes_for,
 )
+from server.monitoring.retrain import RetrainMonitor
 from server.monitoring.windows import parse_cycles, parse_window, parse_windows
 from server.recorder import Recorder
+from server.runs import run_log_path
 
 __all__ = ["Monitoring", "monitoring"]
 
@@ -62,6 +64,9 @@ def monitoring(settings: Settings, holder: ModelHolder, rec: Recorder) -> Monito
         return Response(body, status_code=200 if body["status"] == "ok" else 503)
 
     out = Monitoring([quality_route], [lambda: quality.run(settings.quality_interval_s)])
+    # the retraining run log (RUN_LOG) as gauges, on the same timer as live quality
+    runs = RetrainMonitor(run_log_path(settings.run_log, settings.model_artifact_path))
+    out.loops.append(lambda: runs.run(settings.quality_interval_s))
     if not settings.enable_drift_detection:
         return out
 

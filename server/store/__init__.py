@@ -5,10 +5,12 @@ predictions into it off the hot path, with a :class:`Spool` file for when it is 
 """
 
 from server.store.base import (
+    Experiment,
     FeatureSample,
     FeedbackResult,
     FeedbackRow,
     JoinedRow,
+    LabelledRow,
     PredictionRow,
     SchemaVersionError,
     Store,
@@ -22,10 +24,12 @@ from server.store.log import PredictionLog
 from server.store.spool import Spool, write_rows
 
 __all__ = [
+    "Experiment",
     "FeatureSample",
     "FeedbackResult",
     "FeedbackRow",
     "JoinedRow",
+    "LabelledRow",
     "PredictionLog",
     "PredictionRow",
     "SchemaVersionError",

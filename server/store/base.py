@@ -36,24 +36,31 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Any, Self
 
 import msgspec
 import numpy as np
 
 from kernels.errors import ConfigError, StoreError
 
+if TYPE_CHECKING:
+    from server.store.chunks import PredictionChunk
+
 __all__ = [
+    "Experiment",
     "FeatureSample",
     "FeedbackResult",
     "FeedbackRow",
     "JoinedRow",
+    "LabelledRow",
     "Migration",
     "PredictionRow",
     "SchemaVersionError",
     "Store",
     "StoreDataError",
     "check_schema_version",
+    "experiment_of",
+    "experiment_params",
     "group_features",
     "load_migrations",
     "open_store",
@@ -140,6 +147,46 @@ class JoinedRow(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     actual: float
     created_at: float
     completed_at: float
+    order_id: str = ""
+
+
+class LabelledRow(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A logged input with the actual duration fed back for its order: one training row
+    for retraining (``inputs`` is the raw input as sent, JSON text)."""
+
+    order_id: str
+    model_version: str
+    arm: str
+    inputs: str
+    eta: float
+    actual: float
+    created_at: float
+    completed_at: float
+
+
+class Experiment(msgspec.Struct, frozen=True, kw_only=True):
+    """One A/B or shadow test of a candidate model version against a baseline.
+
+    ``split`` is the share of orders routed to the candidate (mode ``ab``; shadow scores
+    every request with both). ``status`` is ``running``, ``stopped`` or ``concluded``;
+    ``decision`` and ``reason`` say how it ended. ``options`` holds the analysis options
+    and who started it (JSON object).
+    """
+
+    experiment_id: str
+    tenant: str
+    mode: str
+    baseline_version: str
+    candidate_version: str
+    split: float
+    status: str
+    started_at: float
+    planned_hours: float
+    updated_at: float
+    ended_at: float | None = None
+    decision: str | None = None
+    reason: str | None = None
+    options: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 @dataclass(frozen=True, eq=False)
@@ -212,6 +259,50 @@ def group_features(rows: Sequence[tuple[str, bytes, float]]) -> list[FeatureSamp
     ]
 
 
+_EXPERIMENT_ENCODE = msgspec.json.Encoder()
+_OPTIONS_DECODE = msgspec.json.Decoder(dict[str, Any])
+
+
+def experiment_params(exp: Experiment) -> tuple[Any, ...]:
+    """An experiment as the 14 column values both stores write, in table order."""
+    return (
+        exp.experiment_id,
+        exp.tenant,
+        exp.mode,
+        exp.baseline_version,
+        exp.candidate_version,
+        exp.split,
+        exp.status,
+        exp.started_at,
+        exp.planned_hours,
+        exp.ended_at,
+        exp.decision,
+        exp.reason,
+        _EXPERIMENT_ENCODE.encode(exp.options).decode(),
+        exp.updated_at,
+    )
+
+
+def experiment_of(row: Sequence[Any]) -> Experiment:
+    """The inverse of :func:`experiment_params` (a row selected in table order)."""
+    return Experiment(
+        experiment_id=row[0],
+        tenant=row[1],
+        mode=row[2],
+        baseline_version=row[3],
+        candidate_version=row[4],
+        split=float(row[5]),
+        status=row[6],
+        started_at=float(row[7]),
+        planned_hours=float(row[8]),
+        ended_at=None if row[9] is None else float(row[9]),
+        decision=row[10],
+        reason=row[11],
+        options=_OPTIONS_DECODE.decode(row[12]),
+        updated_at=float(row[13]),
+    )
+
+
 def load_migrations(dialect: str) -> list[Migration]:
     """The migrations of ``dialect`` (``sqlite`` or ``postgres``), in version order.
 
@@ -281,6 +372,12 @@ class Store(abc.ABC):
         """Store ``rows`` in one transaction; rows whose ``row_id`` is already stored
         (or repeated in ``rows``) are skipped. Returns how many rows were new."""
 
+    async def write_chunks(self, chunks: Sequence[PredictionChunk]) -> int:
+        """:meth:`write_predictions` of the chunks' rows (the prediction log's columnar
+        path, :mod:`server.store.chunks`): same rows, same contract. This default builds
+        the rows; the SQLite and PostgreSQL stores pack the columns directly."""
+        return await self.write_predictions([r for c in chunks for r in c.rows()])
+
     @abc.abstractmethod
     async def write_feedback(self, rows: Sequence[FeedbackRow]) -> FeedbackResult:
         """Upsert ``rows`` on ``(tenant, order_id)`` in one transaction (latest
@@ -299,6 +396,23 @@ class Store(abc.ABC):
     ) -> list[FeatureSample]:
         """The latest ``limit`` predictions of ``tenant`` made at or after ``since``,
         grouped by model version (one sample per version)."""
+
+    @abc.abstractmethod
+    async def labelled(
+        self, tenant: str, since: float, until: float, lead_s: float
+    ) -> list[LabelledRow]:
+        """Logged inputs of ``tenant`` whose order has feedback completed in
+        ``[since, until)``: one row per order (its latest prediction made in
+        ``[since - lead_s, until)``, shadow predictions left out), oldest completion first."""
+
+    @abc.abstractmethod
+    async def save_experiment(self, exp: Experiment, *, new: bool) -> None:
+        """Insert (``new``) or replace an experiment. A second running experiment of one
+        tenant is refused (StoreDataError)."""
+
+    @abc.abstractmethod
+    async def experiments(self, tenant: str, status: str | None = None) -> list[Experiment]:
+        """The experiments of ``tenant`` (only those with ``status`` if given), newest first."""
 
     @abc.abstractmethod
     async def prune(self, older_than: float) -> int:

@@ -25,6 +25,13 @@ contracts:
 
 The ``predictions`` view of each dialect unpacks the batches into the columns of
 migration 0001's ``predictions`` table, for the runbooks' SQL and ad-hoc queries.
+
+Two ways in, one stored form: :func:`pack` takes :class:`PredictionRow` s
+(``write_predictions``); :func:`pack_chunks` takes the prediction log's
+:class:`~server.store.chunks.PredictionChunk` s (``write_chunks``) and builds the same
+batches column by column, with no object per row (the request id and time of a chunk
+are encoded once and copied into each row's JSON; the inputs blob is the chunk's inputs
+as received, split where the rows' JSON elements start and end).
 """
 
 from __future__ import annotations
@@ -37,19 +44,24 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+import numpy as np
 
-from server.store.base import PredictionRow, StoreDataError
+from server.store.base import FEATURE_DTYPE, PredictionRow, StoreDataError
+from server.store.chunks import PredictionChunk, utf8_text
 
 __all__ = [
     "MAX_BATCH_ROWS",
     "ORDER_SLACK_S",
     "Batch",
     "Row",
+    "chunk_keys",
+    "chunk_row_ids",
     "decode_rows",
     "encode",
     "json_of",
     "key_prefix",
     "pack",
+    "pack_chunks",
     "pick_recent",
     "rows_of",
     "to_json",
@@ -74,7 +86,7 @@ def json_of(obj: Any, where: str) -> bytes:
     """:data:`to_json`, refusing rows whose texts are not Unicode (lone surrogates)."""
     try:
         return to_json(obj)
-    except UnicodeError as e:
+    except (UnicodeError, TypeError) as e:  # TypeError: a value JSON cannot hold
         raise StoreDataError(f"{where}: rows refused: {e}") from e
 
 
@@ -104,6 +116,13 @@ class Batch:
     created_at: Sequence[float]
     created_min: float
     created_max: float
+    #: the inputs as UTF-8 bytes back to back (then ``inputs`` is unused) and their sizes
+    blob: bytes | None = None
+    sizes: Sequence[int] = ()
+    #: the distinct key prefixes of the row ids, when known
+    keys: Sequence[str] | None = None
+    #: :meth:`latest_orders`, when known
+    latest: dict[str, float] | None = None
 
     @property
     def n(self) -> int:
@@ -111,11 +130,15 @@ class Batch:
 
     def prefixes(self) -> list[str]:
         """The distinct :func:`key_prefix` of the batch's row ids."""
+        if self.keys is not None:
+            return list(self.keys)
         return list({rid.partition(":")[0] for rid in self.row_ids})
 
     def latest_orders(self) -> dict[str, float]:
         """The time of the newest row of each order id in the batch (rows without one are
         left out)."""
+        if self.latest is not None:
+            return self.latest
         orders, created = self.order_ids, self.created_at
         if all(map(operator.le, created, itertools.islice(created, 1, None))):
             latest = dict(zip(orders, created, strict=True))  # in time order: last = newest
@@ -133,12 +156,15 @@ def encode(b: Batch, where: str) -> tuple[bytes, bytes]:
     (the rows' inputs, UTF-8, concatenated). Raises StoreDataError when an input is not
     text or an id holds a NUL character."""
     inputs = b.inputs
-    try:
-        text = "".join(inputs)
-        blob = text.encode()
-        sizes = list(map(len, inputs)) if text.isascii() else [len(s.encode()) for s in inputs]
-    except (TypeError, UnicodeError) as e:
-        raise StoreDataError(f"{where}: rows refused: inputs must be text ({e})") from e
+    if b.blob is not None:
+        blob, sizes = b.blob, b.sizes
+    else:
+        try:
+            text = "".join(inputs)
+            blob = text.encode()
+            sizes = list(map(len, inputs)) if text.isascii() else [len(s.encode()) for s in inputs]
+        except (TypeError, UnicodeError) as e:
+            raise StoreDataError(f"{where}: rows refused: inputs must be text ({e})") from e
     offsets = list(itertools.accumulate(sizes, initial=0))
     offsets.pop()
     rows = zip(
@@ -294,6 +320,258 @@ def pack(rows: Sequence[PredictionRow], where: str) -> list[Batch]:
             groups.setdefault(k, []).append(i)
         for k, idx in groups.items():
             out.append(_one_batch(k, [[col[i] for i in idx] for col in cols], where))
+    return out
+
+
+# -- the columnar path (server.store.chunks) ------------------------------------------------
+
+_SUFFIXES: list[str] = []
+
+
+def _suffixes(a: int, b: int) -> list[str]:
+    """``[":a", ..., ":b-1"]`` (cached: row ids are made by one C-level concatenation)."""
+    if b > len(_SUFFIXES):
+        _SUFFIXES.extend(f":{i}" for i in range(len(_SUFFIXES), max(b, 2 * len(_SUFFIXES))))
+    return _SUFFIXES[a:b]
+
+
+def chunk_keys(chunks: Sequence[PredictionChunk], where: str) -> tuple[list[str], bool]:
+    """The distinct key prefixes of the chunks' rows, and whether their row ids are all
+    distinct (``f"{uid}:{i}"``: distinct uids give distinct row ids; one uid in several
+    chunks, only when their row ranges do not overlap). Raises StoreDataError when a uid
+    is not a string."""
+    uids = [c.uid for c in chunks]
+    try:
+        prefixes = list({u.partition(":")[0] for u in uids})
+    except (AttributeError, TypeError) as e:
+        raise StoreDataError(f"{where}: rows refused: row_id must be a string ({e})") from e
+    if len(set(uids)) == len(uids):
+        return prefixes, True
+    ranges = sorted((c.uid, c.start, c.start + len(c)) for c in chunks)
+    overlap = any(u == v and b > c for (u, _, b), (v, c, _) in itertools.pairwise(ranges))
+    return prefixes, not overlap
+
+
+def chunk_row_ids(chunks: Sequence[PredictionChunk]) -> list[str]:
+    """The row ids of the chunks' rows, in order."""
+    out: list[str] = []
+    for c in chunks:
+        out += map(c.uid.__add__, _suffixes(c.start, c.start + len(c)))
+    return out
+
+
+def _as_floats(values: Sequence[float]) -> Sequence[float]:
+    return values.tolist() if isinstance(values, np.ndarray) else values
+
+
+def _latest(chunks: Sequence[PredictionChunk], times: Sequence[float]) -> dict[str, float]:
+    """The newest time of each order id of the chunks' rows (a chunk's rows share one)."""
+    latest: dict[Any, float] = {}
+    if all(map(operator.le, times, itertools.islice(times, 1, None))):  # in time order
+        for c, t in zip(chunks, times, strict=True):
+            latest.update(zip(c.order_ids, itertools.repeat(t)))
+    else:
+        for c, t in zip(chunks, times, strict=True):
+            for order in c.order_ids:
+                if order not in latest or t > latest[order]:
+                    latest[order] = t
+    latest.pop(None, None)
+    return latest
+
+
+def _stack(mats: list[np.ndarray], n: int, where: str) -> bytes:
+    """The feature rows of ``mats`` ([k, F] each) as one float32 little-endian blob."""
+    try:
+        m = mats[0] if len(mats) == 1 else np.concatenate(mats)
+        m = np.ascontiguousarray(m, dtype=FEATURE_DTYPE)
+    except (ValueError, TypeError) as e:
+        raise StoreDataError(f"{where}: rows refused: features must be float rows ({e})") from e
+    if m.ndim != 2 or len(m) != n:
+        raise StoreDataError(f"{where}: rows refused: {len(m)} feature rows for {n} rows")
+    return m.tobytes()
+
+
+def _batch(
+    key: tuple[str, str, str, int],
+    cols: tuple[list[Any], ...],
+    blob: bytes,
+    sizes: Sequence[int],
+    features: bytes,
+    keys: set[str],
+    times: Sequence[float],
+    latest: dict[str, float] | None = None,
+) -> Batch:
+    row_ids, request_ids, order_ids, eta, p10, p90, created = cols
+    tenant, version, arm, width = key
+    return Batch(
+        tenant=tenant,
+        model_version=version,
+        arm=arm,
+        width=width,
+        row_ids=row_ids,
+        request_ids=request_ids,
+        order_ids=order_ids,
+        inputs=(),
+        features=features,
+        eta=eta,
+        p10=p10,
+        p90=p90,
+        created_at=created,
+        created_min=float(min(times)),
+        created_max=float(max(times)),
+        blob=blob,
+        sizes=sizes,
+        keys=list(keys),
+        latest=latest,
+    )
+
+
+def _column(chunks: Sequence[PredictionChunk], name: str) -> list[Any]:
+    """Attribute ``name`` of every chunk (C-level iteration: no bytecode per chunk)."""
+    return list(map(operator.attrgetter(name), chunks))
+
+
+def _firsts(chunks: Sequence[PredictionChunk], name: str, where: str) -> list[Any]:
+    """The one value of column ``name`` of every one-row chunk."""
+    values = _column(chunks, name)
+    try:
+        if set(map(len, values)) != {1}:
+            raise StoreDataError(f"{where}: rows refused: a one-row request has no single {name}")
+    except TypeError as e:
+        raise StoreDataError(f"{where}: rows refused: {name} must be a sequence ({e})") from e
+    return list(itertools.chain.from_iterable(values))
+
+
+def _singles_batch(
+    key: tuple[str, str, str, int], chunks: Sequence[PredictionChunk], where: str
+) -> Batch:
+    """:func:`_chunk_batch` for chunks of one row whose input is their whole ``inputs``
+    (single-row requests): one C-level pass per column, no bytecode per chunk."""
+    uids = _column(chunks, "uid")
+    if set(_column(chunks, "start")) == {0}:
+        row_ids = list(map(str.__add__, uids, itertools.repeat(":0")))
+    else:
+        row_ids = [f"{c.uid}:{c.start}" for c in chunks]
+    request_ids = _column(chunks, "request_id")
+    if None in set(request_ids):
+        raise StoreDataError(f"{where}: rows refused: request_id is missing (None)")
+    times = _floats("created_at", _column(chunks, "created_at"), where)
+    cols = (
+        row_ids,
+        request_ids,
+        _firsts(chunks, "order_ids", where),
+        _floats("eta", _firsts(chunks, "eta", where), where),
+        _floats("p10", _firsts(chunks, "p10", where), where),
+        _floats("p90", _firsts(chunks, "p90", where), where),
+        times,
+    )
+    inputs = _column(chunks, "inputs")
+    try:
+        blob = b"".join(inputs)
+    except TypeError as e:
+        raise StoreDataError(f"{where}: rows refused: inputs must be bytes ({e})") from e
+    sizes: Sequence[int] = list(map(len, inputs))
+    if not blob.isascii():
+        blob, sizes = utf8_text(blob, sizes)
+    feats = _stack(_column(chunks, "features"), len(chunks), where)
+    keys = {u.partition(":")[0] for u in uids} if ":" in "".join(uids) else set(uids)
+    return _batch(key, cols, blob, sizes, feats, keys, times)
+
+
+def _chunk_batch(
+    key: tuple[str, str, str, int], chunks: Sequence[PredictionChunk], where: str
+) -> Batch:
+    """One stored batch of ``chunks`` (all of group ``key``), built column by column."""
+    if (
+        not any(_column(chunks, "rows_at"))
+        and not any(x is not None for x in _column(chunks, "sizes"))
+        and set(map(len, _column(chunks, "order_ids"))) == {1}
+    ):
+        return _singles_batch(key, chunks, where)
+    times = _floats("created_at", [c.created_at for c in chunks], where)
+    row_ids: list[str] = []
+    request_ids: list[str] = []
+    order_ids: list[str | None] = []
+    eta: list[float] = []
+    p10: list[float] = []
+    p90: list[float] = []
+    created: list[Any] = []
+    blobs: list[bytes] = []
+    sizes: list[int] = []
+    feats: list[np.ndarray] = []
+    keys: set[str] = set()
+    for c in chunks:
+        n = len(c)
+        blob, sz = c.texts(where)
+        if c.request_id is None:
+            raise StoreDataError(f"{where}: rows refused: request_id is missing (None)")
+        row_ids += map(c.uid.__add__, _suffixes(c.start, c.start + n))
+        request_ids += itertools.repeat(c.request_id, n)
+        order_ids += c.order_ids
+        eta += _as_floats(c.eta)
+        p10 += _as_floats(c.p10)
+        p90 += _as_floats(c.p90)
+        # the chunk's time, written once and copied into every row's JSON
+        created += itertools.repeat(msgspec.Raw(to_json(float(c.created_at))), n)
+        blobs.append(blob)
+        sizes += sz
+        feats.append(c.features)
+        keys.add(c.uid.partition(":")[0])
+    for name, col in (("eta", eta), ("p10", p10), ("p90", p90)):
+        _floats(name, col, where)
+    cols = (row_ids, request_ids, order_ids, eta, p10, p90, created)
+    features = _stack(feats, len(row_ids), where)
+    latest = _latest(chunks, times)
+    return _batch(key, cols, b"".join(blobs), sizes, features, keys, times, latest)
+
+
+def pack_chunks(chunks: Sequence[PredictionChunk], where: str) -> list[Batch]:
+    """:func:`pack` for chunks (row ids distinct: :func:`chunk_keys`): one batch per
+    (tenant, model version, arm, feature width), in first-seen order, cut at
+    :data:`MAX_BATCH_ROWS` rows. The rows stored are exactly those of :func:`pack` on the
+    chunks' :meth:`~server.store.chunks.PredictionChunk.rows`."""
+    if 0 in set(map(len, _column(chunks, "order_ids"))):
+        chunks = [c for c in chunks if len(c.order_ids)]
+    if not chunks:
+        return []
+    try:
+        shapes = set(_column(chunks, "features.shape"))
+        widths = {shape[-1] * FEATURE_DTYPE.itemsize for shape in shapes}
+    except (AttributeError, IndexError) as e:
+        raise StoreDataError(f"{where}: rows refused: features must be a matrix ({e})") from e
+    tenants = set(_column(chunks, "tenant"))
+    versions = set(_column(chunks, "model_version"))
+    arms = set(_column(chunks, "arm"))
+    for name, vals in (("tenant", tenants), ("model_version", versions), ("arm", arms)):
+        for v in vals:
+            if not isinstance(v, str):
+                raise StoreDataError(f"{where}: rows refused: {name} must be a string, got {v!r}")
+    groups: dict[tuple[str, str, str, int], list[PredictionChunk]]
+    if len(tenants) == len(versions) == len(arms) == len(widths) == 1:
+        groups = {(tenants.pop(), versions.pop(), arms.pop(), widths.pop()): chunks}
+    else:
+        groups = {}
+        for c in chunks:
+            k = (c.tenant, c.model_version, c.arm, c.features.shape[-1] * FEATURE_DTYPE.itemsize)
+            groups.setdefault(k, []).append(c)
+    out: list[Batch] = []
+    for key, members in groups.items():
+        if sum(map(len, _column(members, "order_ids"))) <= MAX_BATCH_ROWS:
+            out.append(_chunk_batch(key, members, where))  # the log's batches: no cut
+            continue
+        piece: list[PredictionChunk] = []
+        room = MAX_BATCH_ROWS
+        for c in members:
+            while len(c) > room:
+                if room:
+                    piece.append(c.cut(0, room))
+                    c = c.cut(room)
+                out.append(_chunk_batch(key, piece, where))
+                piece, room = [], MAX_BATCH_ROWS
+            piece.append(c)
+            room -= len(c)
+        if piece:
+            out.append(_chunk_batch(key, piece, where))
     return out
 
 

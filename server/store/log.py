@@ -1,7 +1,11 @@
 """The prediction log: predictions reach the store off the hot path, never lost.
 
 ``PredictionLog.submit(rows)`` is what the hot path calls: it appends to an in-memory
-queue and returns at once (no await, no I/O). A background task writes the queue to the
+queue and returns at once (no await, no I/O). ``rows`` is a list of
+:class:`~server.store.PredictionRow` or, from the server's routes, one
+:class:`~server.store.chunks.PredictionChunk` per request (the request's rows as columns:
+no Python object per row on the hot path; the store packs the columns, see
+``Store.write_chunks``). A background task writes the queue to the
 store in batches (``batch_size`` rows, or whatever is queued after ``flush_interval``
 seconds). A batch takes whole submits while they fit, so the rows of one request reach
 the store in one write (one ``prediction_keys`` entry); a submit larger than
@@ -40,11 +44,19 @@ from pathlib import Path
 
 from kernels.errors import StoreError
 from server.store.base import FeedbackResult, FeedbackRow, PredictionRow, Store, StoreDataError
-from server.store.spool import Spool, SpoolRow, write_rows
+from server.store.chunks import PredictionChunk, rows_of_chunks
+from server.store.spool import Spool, SpoolRow, write_chunks, write_rows
 
 __all__ = ["PredictionLog"]
 
 log = logging.getLogger("intellilog.store")
+
+#: What one submit queues: rows, or one request's rows as columns.
+Part = Sequence[PredictionRow] | PredictionChunk
+
+
+def _cut(part: Part, a: int, b: int | None = None) -> Part:
+    return part.cut(a, b) if isinstance(part, PredictionChunk) else part[a:b]
 
 
 class PredictionLog:
@@ -80,7 +92,7 @@ class PredictionLog:
         self.rows_dropped = 0
         #: store writes that failed
         self.write_errors = 0
-        self._queue: deque[Sequence[PredictionRow]] = deque()  # one entry per submit
+        self._queue: deque[Part] = deque()  # one entry per submit
         self._queued = 0  # rows in _queue
         self._wake = asyncio.Event()  # rows are queued
         self._full = asyncio.Event()  # a whole batch is queued
@@ -117,28 +129,31 @@ class PredictionLog:
             asyncio.create_task(self._replayer(), name="intellilog-spool-replay"),
         ]
 
-    def submit(self, rows: Sequence[PredictionRow]) -> None:
-        """Queue ``rows`` for the store; never blocks, never raises on database trouble.
+    def submit(self, rows: Part) -> None:
+        """Queue ``rows`` (rows, or a chunk) for the store; never blocks, never raises on
+        database trouble.
 
         ``rows`` is queued as it is, not copied: do not change it afterwards.
 
         Rows beyond ``max_queue`` are spooled by a background task. After :meth:`close`
         rows are spooled synchronously (a blocking fsync; shutdown only).
         """
-        if not rows:
+        n = len(rows)
+        if not n:
             return
         if self._closed:
-            self._spool_sync(rows)
+            self._spool_sync(rows_of_chunks([rows]))
             return
         room = self.max_queue - self._queued
-        if room >= len(rows):
+        if room >= n:
             self._queue.append(rows)
-            self._queued += len(rows)
+            self._queued += n
         else:
             if room > 0:
-                self._queue.append(rows[:room])
+                self._queue.append(_cut(rows, 0, room))
                 self._queued += room
-            task = asyncio.ensure_future(self._spool_rows(list(rows[max(room, 0) :])))
+            rest = rows_of_chunks([_cut(rows, max(room, 0))])
+            task = asyncio.ensure_future(self._spool_rows(rest))
             self._spilling.add(task)
             task.add_done_callback(self._spilling.discard)
         if self._queued >= self.batch_size:
@@ -239,18 +254,21 @@ class PredictionLog:
             if self._closing and not self._queued:
                 return
 
-    def _take(self) -> list[PredictionRow]:
+    def _take(self) -> list[Part]:
         """The next batch: whole submits while they fit in ``batch_size`` rows (the first
         one cut when it alone is larger)."""
         queue, size = self._queue, self.batch_size
         first = queue.popleft()
         if len(first) > size:
-            queue.appendleft(first[size:])
-            first = first[:size]
-        batch = list(first)
-        while queue and len(batch) + len(queue[0]) <= size:
-            batch.extend(queue.popleft())
-        self._queued -= len(batch)
+            queue.appendleft(_cut(first, size))
+            first = _cut(first, 0, size)
+        batch = [first]
+        n = len(first)
+        while queue and n + len(queue[0]) <= size:
+            part = queue.popleft()
+            batch.append(part)
+            n += len(part)
+        self._queued -= n
         return batch
 
     async def _drain(self) -> None:
@@ -262,24 +280,35 @@ class PredictionLog:
                 except asyncio.CancelledError:
                     # cancelled mid-write: the batch may or may not be committed; spooling
                     # it (and the rest) is safe, a replay skips what the store already holds
-                    self._spool_sync(batch + [r for rows in self._queue for r in rows])
+                    self._spool_sync(rows_of_chunks([*batch, *self._queue]))
                     self._queue.clear()
                     self._queued = 0
                     raise
             self._wake.clear()
             self._full.clear()
 
-    async def _write(self, batch: list[PredictionRow]) -> None:
+    async def _write(self, batch: list[Part]) -> None:
         if not self._store_down:
             try:
-                refused = await write_rows(self.store, batch)
+                refused = await self._write_parts(batch)
             except Exception as e:
                 self._mark_down(e)
             else:
-                self.rows_written += len(batch) - len(refused)
+                self.rows_written += sum(map(len, batch)) - len(refused)
                 await self._reject(refused)
                 return
-        await self._spool_rows(batch)
+        await self._spool_rows(rows_of_chunks(batch))
+
+    async def _write_parts(self, batch: list[Part]) -> list[SpoolRow]:
+        """Write the rows and chunks of ``batch``; the rows refused for their content."""
+        chunks = [p for p in batch if isinstance(p, PredictionChunk)]
+        refused: list[SpoolRow] = []
+        if len(chunks) < len(batch):
+            rows = [r for p in batch if not isinstance(p, PredictionChunk) for r in p]
+            refused += await write_rows(self.store, rows)
+        if chunks:
+            refused += await write_chunks(self.store, chunks)
+        return refused
 
     async def _reject(self, rows: Sequence[SpoolRow]) -> None:
         if not rows:

@@ -37,14 +37,18 @@ import asyncpg
 
 from kernels.errors import StoreError
 from server.store.base import (
+    Experiment,
     FeatureSample,
     FeedbackResult,
     FeedbackRow,
     JoinedRow,
+    LabelledRow,
     PredictionRow,
     Store,
     StoreDataError,
     check_schema_version,
+    experiment_of,
+    experiment_params,
     group_features,
     load_migrations,
     redact_url,
@@ -53,14 +57,18 @@ from server.store.batches import (
     MAX_BATCH_ROWS,
     ORDER_SLACK_S,
     Batch,
+    chunk_keys,
+    chunk_row_ids,
     encode,
     json_of,
     pack,
+    pack_chunks,
     pick_recent,
     rows_of,
     to_json,
     unique,
 )
+from server.store.chunks import PredictionChunk, rows_of_chunks
 
 __all__ = ["PostgresStore"]
 
@@ -146,13 +154,54 @@ WHERE excluded.last_created > o.last_created + {ORDER_SLACK_S!r}
 _JOINED = """
 SELECT b.model_version, b.arm, (r.value ->> 3)::double precision AS eta,
        (r.value ->> 4)::double precision, (r.value ->> 5)::double precision,
-       f.actual_minutes, (r.value ->> 6)::double precision AS created_at, f.completed_at
+       f.actual_minutes, (r.value ->> 6)::double precision AS created_at, f.completed_at,
+       f.order_id
 FROM prediction_batches AS b
 CROSS JOIN LATERAL json_array_elements(b.rows) AS r (value)
 JOIN feedback AS f ON f.tenant = b.tenant AND f.order_id = r.value ->> 2
 WHERE b.tenant = $1 AND b.created_max >= $2 AND b.created_min < $3
   AND (r.value ->> 6)::double precision >= $2 AND (r.value ->> 6)::double precision < $3
 ORDER BY created_at, r.value ->> 0
+"""
+
+# The latest non-shadow prediction of each order with feedback completed in [$2, $3),
+# made in [$4, $3).
+_LABELLED = """
+WITH fb AS (
+    SELECT order_id, actual_minutes, completed_at FROM feedback
+    WHERE tenant = $1 AND completed_at >= $2 AND completed_at < $3
+)
+SELECT DISTINCT ON (fb.order_id) fb.order_id, b.model_version, b.arm,
+       convert_from(substring(b.inputs FROM (r.value ->> 7)::integer + 1
+                              FOR (r.value ->> 8)::integer), 'UTF8'),
+       (r.value ->> 3)::double precision, fb.actual_minutes,
+       (r.value ->> 6)::double precision AS created_at, fb.completed_at
+FROM prediction_batches AS b
+CROSS JOIN LATERAL json_array_elements(b.rows) AS r (value)
+JOIN fb ON fb.order_id = r.value ->> 2
+WHERE b.tenant = $1 AND b.created_max >= $4 AND b.created_min < $3 AND b.arm <> 'shadow'
+  AND (r.value ->> 6)::double precision >= $4 AND (r.value ->> 6)::double precision < $3
+ORDER BY fb.order_id, created_at DESC
+"""
+
+_EXPERIMENT_COLUMNS = (
+    "experiment_id, tenant, mode, baseline_version, candidate_version, split, status, "
+    "started_at, planned_hours, ended_at, decision, reason, options, updated_at"
+)
+_INSERT_EXPERIMENT = f"""
+INSERT INTO experiments ({_EXPERIMENT_COLUMNS})
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+"""
+_UPDATE_EXPERIMENT = """
+UPDATE experiments SET tenant = $2, mode = $3, baseline_version = $4, candidate_version = $5,
+    split = $6, status = $7, started_at = $8, planned_hours = $9, ended_at = $10,
+    decision = $11, reason = $12, options = $13, updated_at = $14
+WHERE experiment_id = $1
+"""
+_SELECT_EXPERIMENTS = f"""
+SELECT {_EXPERIMENT_COLUMNS} FROM experiments
+WHERE tenant = $1 AND ($2::text IS NULL OR status = $2)
+ORDER BY started_at DESC, experiment_id DESC
 """
 
 _RECENT_META = """
@@ -380,6 +429,32 @@ class PostgresStore(Store):
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _PREDICTION_LOCK)
             return await self._write_rows(conn, rows)
 
+    @_on_store_thread
+    async def write_chunks(self, chunks: Sequence[PredictionChunk]) -> int:
+        if not chunks:
+            return 0
+        async with self._connection() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _PREDICTION_LOCK)
+            return await self._write_chunks(conn, chunks)
+
+    async def _write_chunks(self, conn: Any, chunks: Sequence[PredictionChunk]) -> int:
+        """:meth:`_write_rows` from columns; the row path when a row id repeats or is
+        stored already (a replay, a request split across writes)."""
+        prefixes, distinct = chunk_keys(chunks, self.url)
+        if not distinct:
+            return await self._write_rows(conn, rows_of_chunks(chunks))
+        keys = json_of(prefixes, self.url).decode()
+        candidates = [r[0] for r in await conn.fetch(_CANDIDATES, keys)]
+        if candidates:
+            ids = json_of(chunk_row_ids(chunks), self.url).decode()
+            if await conn.fetch(_STORED_IDS, candidates, ids):
+                return await self._write_rows(conn, rows_of_chunks(chunks))
+        batches = pack_chunks(chunks, self.url)
+        for b in batches:
+            bkeys = keys if len(batches) == 1 else json_of(b.prefixes(), self.url).decode()
+            await self._insert_batch(conn, b, bkeys)
+        return sum(b.n for b in batches)
+
     async def _write_rows(self, conn: Any, rows: Sequence[PredictionRow]) -> int:
         """Store the rows not stored yet as batches (in the caller's transaction, which
         holds the prediction lock)."""
@@ -500,9 +575,49 @@ class PostgresStore(Store):
                 actual=r[5],
                 created_at=r[6],
                 completed_at=r[7],
+                order_id=r[8],
             )
             for r in recs
         ]
+
+    @_on_store_thread
+    async def labelled(
+        self, tenant: str, since: float, until: float, lead_s: float
+    ) -> list[LabelledRow]:
+        async with self._connection() as conn:
+            recs = await conn.fetch(_LABELLED, tenant, since, until, since - lead_s)
+        rows = [
+            LabelledRow(
+                order_id=r[0],
+                model_version=r[1],
+                arm=r[2],
+                inputs=r[3],
+                eta=r[4],
+                actual=r[5],
+                created_at=r[6],
+                completed_at=r[7],
+            )
+            for r in recs
+        ]
+        rows.sort(key=lambda r: (r.completed_at, r.order_id))
+        return rows
+
+    # -- experiments ----------------------------------------------------------------
+
+    @_on_store_thread
+    async def save_experiment(self, exp: Experiment, *, new: bool) -> None:
+        params = experiment_params(exp)
+        async with self._connection() as conn:
+            if new:
+                await conn.execute(_INSERT_EXPERIMENT, *params)
+            elif _count(await conn.execute(_UPDATE_EXPERIMENT, *params)) != 1:
+                raise StoreDataError(f"no experiment {exp.experiment_id!r} to update")
+
+    @_on_store_thread
+    async def experiments(self, tenant: str, status: str | None = None) -> list[Experiment]:
+        async with self._connection() as conn:
+            recs = await conn.fetch(_SELECT_EXPERIMENTS, tenant, status)
+        return [experiment_of(tuple(r)) for r in recs]
 
     @_on_store_thread
     async def recent_features(

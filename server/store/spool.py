@@ -1,7 +1,10 @@
 """A local append-only spool for rows the database could not take (down, or queue full).
 
 Format: JSON lines, one record per line, ``{"p": {...}}`` for a :class:`PredictionRow`
-or ``{"f": {...}}`` for a :class:`FeedbackRow` (msgspec; bytes as base64).
+or ``{"f": {...}}`` for a :class:`FeedbackRow` (msgspec; bytes as base64). The prediction
+log's columnar chunks (:mod:`server.store.chunks`) are spooled as the rows they stand for
+(:meth:`~server.store.chunks.PredictionChunk.rows`), so a replay writes exactly what the
+columnar write would have.
 
 Durability rules:
 
@@ -36,8 +39,9 @@ from typing import BinaryIO, TypeVar
 import msgspec
 
 from server.store.base import FeedbackRow, PredictionRow, Store, StoreDataError
+from server.store.chunks import PredictionChunk, rows_of_chunks
 
-__all__ = ["Spool", "SpoolRow", "write_rows"]
+__all__ = ["Spool", "SpoolRow", "write_chunks", "write_rows"]
 
 log = logging.getLogger("intellilog.store")
 
@@ -96,6 +100,17 @@ async def write_rows(store: Store, rows: Sequence[SpoolRow]) -> list[SpoolRow]:
     if feedback:
         refused.extend(await _isolate(store.write_feedback, feedback))
     return refused
+
+
+async def write_chunks(store: Store, chunks: Sequence[PredictionChunk]) -> list[SpoolRow]:
+    """:func:`write_rows` for columnar chunks: one columnar write (``write_chunks``); when
+    the store refuses it for its content, the chunks' rows go through :func:`write_rows`
+    to find the refused ones, which are returned."""
+    try:
+        await store.write_chunks(chunks)
+    except StoreDataError:
+        return await write_rows(store, rows_of_chunks(chunks))
+    return []
 
 
 class _Reader:

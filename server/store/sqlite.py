@@ -27,14 +27,18 @@ from typing import Any, TypeVar
 
 from kernels.errors import StoreError
 from server.store.base import (
+    Experiment,
     FeatureSample,
     FeedbackResult,
     FeedbackRow,
     JoinedRow,
+    LabelledRow,
     PredictionRow,
     Store,
     StoreDataError,
     check_schema_version,
+    experiment_of,
+    experiment_params,
     group_features,
     load_migrations,
 )
@@ -42,15 +46,19 @@ from server.store.batches import (
     MAX_BATCH_ROWS,
     ORDER_SLACK_S,
     Batch,
+    chunk_keys,
+    chunk_row_ids,
     decode_rows,
     encode,
     json_of,
     pack,
+    pack_chunks,
     pick_recent,
     rows_of,
     to_json,
     unique,
 )
+from server.store.chunks import PredictionChunk, rows_of_chunks
 
 __all__ = ["SqliteStore"]
 
@@ -119,6 +127,8 @@ SELECT DISTINCT batch_id FROM prediction_keys
 WHERE prefix IN (SELECT value FROM json_each(CAST(? AS TEXT)))
 """
 
+_LAST_KEY = "SELECT max(prefix) FROM prediction_keys"
+
 _STORED_IDS = """
 SELECT json_extract(r.value, '$[0]') FROM prediction_batches AS b, json_each(b.rows) AS r
 WHERE b.batch_id IN (SELECT value FROM json_each(CAST(?1 AS TEXT)))
@@ -136,6 +146,36 @@ ORDER BY batch_id
 _FEEDBACK_OF = """
 SELECT order_id, actual_minutes, completed_at FROM feedback
 WHERE tenant = ? AND order_id IN (SELECT value FROM json_each(CAST(? AS TEXT)))
+"""
+
+_FEEDBACK_COMPLETED = """
+SELECT order_id, actual_minutes, completed_at FROM feedback
+WHERE tenant = ? AND completed_at >= ? AND completed_at < ?
+"""
+
+_LABELLED_BATCHES = """
+SELECT model_version, arm, rows, inputs FROM prediction_batches
+WHERE tenant = ? AND created_max >= ? AND created_min < ?
+ORDER BY batch_id
+"""
+
+_EXPERIMENT_COLUMNS = (
+    "experiment_id, tenant, mode, baseline_version, candidate_version, split, status, "
+    "started_at, planned_hours, ended_at, decision, reason, options, updated_at"
+)
+_INSERT_EXPERIMENT = (
+    f"INSERT INTO experiments ({_EXPERIMENT_COLUMNS}) VALUES ({', '.join('?' * 14)})"
+)
+_UPDATE_EXPERIMENT = """
+UPDATE experiments SET tenant = ?, mode = ?, baseline_version = ?, candidate_version = ?,
+    split = ?, status = ?, started_at = ?, planned_hours = ?, ended_at = ?, decision = ?,
+    reason = ?, options = ?, updated_at = ?
+WHERE experiment_id = ?
+"""
+_SELECT_EXPERIMENTS = f"""
+SELECT {_EXPERIMENT_COLUMNS} FROM experiments
+WHERE tenant = ? AND (? IS NULL OR status = ?)
+ORDER BY started_at DESC, experiment_id DESC
 """
 
 _RECENT_META = """
@@ -316,11 +356,45 @@ class SqliteStore(Store):
             return 0
         return await self._call(self._tx, functools.partial(self._write_rows, rows=rows))
 
+    async def write_chunks(self, chunks: Sequence[PredictionChunk]) -> int:
+        if not chunks:
+            return 0
+        return await self._call(self._tx, functools.partial(self._write_chunks, chunks=chunks))
+
+    @staticmethod
+    def _candidates(conn: sqlite3.Connection, keys: bytes, prefixes: list[str]) -> list[int]:
+        """The batches holding rows whose key prefix is among ``prefixes`` (``keys``:
+        their JSON). None can when every prefix sorts after the last stored one (keys
+        start with the clock; TEXT compares as Python's ``str`` does): one index probe
+        then instead of one per prefix (a single-row request has a prefix of its own)."""
+        (last,) = conn.execute(_LAST_KEY).fetchone()
+        if last is None or (prefixes and min(prefixes) > last):
+            return []
+        return [b for (b,) in conn.execute(_CANDIDATES, (keys,)).fetchall()]
+
+    def _write_chunks(self, conn: sqlite3.Connection, chunks: Sequence[PredictionChunk]) -> int:
+        """:meth:`_write_rows` from columns; the row path when a row id repeats or is
+        stored already (a replay, a request split across writes)."""
+        prefixes, distinct = chunk_keys(chunks, self.url)
+        if not distinct:
+            return self._write_rows(conn, rows_of_chunks(chunks))
+        keys = json_of(prefixes, self.url)
+        candidates = self._candidates(conn, keys, prefixes)
+        if candidates:
+            ids = json_of(chunk_row_ids(chunks), self.url)
+            if conn.execute(_STORED_IDS, (to_json(candidates), ids)).fetchone() is not None:
+                return self._write_rows(conn, rows_of_chunks(chunks))
+        batches = pack_chunks(chunks, self.url)
+        for b in batches:
+            bkeys = keys if len(batches) == 1 else json_of(b.prefixes(), self.url)
+            self._insert_batch(conn, b, bkeys)
+        return sum(b.n for b in batches)
+
     def _write_rows(self, conn: sqlite3.Connection, rows: Sequence[PredictionRow]) -> int:
         """Store the rows not stored yet as batches (inside the caller's transaction)."""
         new, prefixes = unique(rows, self.url)
         keys = json_of(prefixes, self.url)
-        candidates = [b for (b,) in conn.execute(_CANDIDATES, (keys,)).fetchall()]
+        candidates = self._candidates(conn, keys, prefixes)
         if candidates:  # a replay, or a request split across two writes: compare row ids
             ids = json_of([r.row_id for r in new], self.url)
             stored = {i for (i,) in conn.execute(_STORED_IDS, (to_json(candidates), ids))}
@@ -461,9 +535,67 @@ class SqliteStore(Store):
                     actual=actual[order][0],
                     created_at=created,
                     completed_at=actual[order][1],
+                    order_id=order,
                 )
                 for created, _, order, version, arm, eta, p10, p90 in found
             ]
+
+        return await self._call(read)
+
+    async def labelled(
+        self, tenant: str, since: float, until: float, lead_s: float
+    ) -> list[LabelledRow]:
+        def read() -> list[LabelledRow]:
+            db = self._db
+            actual = {
+                o: (a, c) for o, a, c in db.execute(_FEEDBACK_COMPLETED, (tenant, since, until))
+            }
+            if not actual:
+                return []
+            latest: dict[str, LabelledRow] = {}
+            start = since - lead_s
+            for version, arm, rows, inputs in db.execute(_LABELLED_BATCHES, (tenant, start, until)):
+                if arm == "shadow":
+                    continue
+                for _, _, order, eta, _, _, created, off, size in decode_rows(rows):
+                    got = actual.get(order) if order is not None else None
+                    if got is None or not start <= created < until:
+                        continue
+                    seen = latest.get(order)
+                    if seen is None or created >= seen.created_at:
+                        latest[order] = LabelledRow(
+                            order_id=order,
+                            model_version=version,
+                            arm=arm,
+                            inputs=bytes(inputs[off : off + size]).decode(),
+                            eta=eta,
+                            actual=got[0],
+                            created_at=created,
+                            completed_at=got[1],
+                        )
+            return sorted(latest.values(), key=lambda r: (r.completed_at, r.order_id))
+
+        return await self._call(read)
+
+    # -- experiments ----------------------------------------------------------------
+
+    async def save_experiment(self, exp: Experiment, *, new: bool) -> None:
+        params = experiment_params(exp)
+
+        def write(conn: sqlite3.Connection) -> None:
+            if new:
+                conn.execute(_INSERT_EXPERIMENT, params)
+            else:
+                cur = conn.execute(_UPDATE_EXPERIMENT, params[1:] + params[:1])
+                if cur.rowcount != 1:
+                    raise StoreDataError(f"no experiment {exp.experiment_id!r} to update")
+
+        await self._call(self._tx, write)
+
+    async def experiments(self, tenant: str, status: str | None = None) -> list[Experiment]:
+        def read() -> list[Experiment]:
+            cur = self._db.execute(_SELECT_EXPERIMENTS, (tenant, status, status))
+            return [experiment_of(r) for r in cur.fetchall()]
 
         return await self._call(read)
 

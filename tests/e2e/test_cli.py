@@ -279,7 +279,7 @@ def test_models_list_show_promote_rollback_history(
 ) -> None:
     reg = ("--registry", registry_copy)
     listing = cli("models", "list", "--json", *reg).json()
-    assert listing == {"versions": ["v1"], "aliases": {"production": "v1"}}
+    assert listing == {"versions": ["v1"], "aliases": {"production": "v1"}, "archived": {}}
 
     # a second version, registered but not promoted
     res = cli("train", "--data", train_data, *reg, *TINY_TRAIN, "--seed", "1", "--json")
@@ -289,6 +289,7 @@ def test_models_list_show_promote_rollback_history(
     assert cli("models", "list", "--json", *reg).json() == {
         "versions": ["v1", "v2"],
         "aliases": {"production": "v1"},
+        "archived": {},
     }
 
     table = cli("models", "list", *reg)

@@ -49,6 +49,9 @@ EXPORTED: frozenset[str] = frozenset(
         "intellilog_rate_limited_total",  # counter
         "intellilog_model_reloads_total",  # counter {result}: ok | failed
         "intellilog_model_info",  # gauge {version, engine, device}
+        "intellilog_retrain_last_run_timestamp_seconds",  # gauge {outcome}: the run log
+        "intellilog_retrain_runs",  # gauge {outcome}: runs in the run log
+        "intellilog_retrain_first_run_timestamp_seconds",  # gauge: 0 without a run log
     }
 )
 

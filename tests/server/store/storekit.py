@@ -11,14 +11,17 @@ import numpy as np
 
 from kernels.errors import StoreError
 from server.store import (
+    Experiment,
     FeatureSample,
     FeedbackResult,
     FeedbackRow,
     JoinedRow,
+    LabelledRow,
     PredictionRow,
     Store,
     pack_features,
 )
+from server.store.chunks import PredictionChunk
 
 T0 = 1_750_000_000.0  # a fixed "now" (epoch seconds)
 N_FEATURES = 7
@@ -134,6 +137,11 @@ class FlakyStore(Store):
         self.batches.append(len(rows))
         return await self.inner.write_predictions(rows)
 
+    async def write_chunks(self, chunks: Sequence[PredictionChunk]) -> int:
+        self._check()
+        self.batches.append(sum(map(len, chunks)))
+        return await self.inner.write_chunks(chunks)
+
     async def write_feedback(self, rows: Sequence[FeedbackRow]) -> FeedbackResult:
         self._check()
         return await self.inner.write_feedback(rows)
@@ -153,3 +161,17 @@ class FlakyStore(Store):
     async def prune(self, older_than: float) -> int:
         self._check()
         return await self.inner.prune(older_than)
+
+    async def labelled(
+        self, tenant: str, since: float, until: float, lead_s: float
+    ) -> list[LabelledRow]:
+        self._check()
+        return await self.inner.labelled(tenant, since, until, lead_s)
+
+    async def save_experiment(self, exp: Experiment, *, new: bool) -> None:
+        self._check()
+        await self.inner.save_experiment(exp, new=new)
+
+    async def experiments(self, tenant: str, status: str | None = None) -> list[Experiment]:
+        self._check()
+        return await self.inner.experiments(tenant, status)
