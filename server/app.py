@@ -51,7 +51,7 @@ from kernels.errors import (
 )
 from server import metrics
 from server.config import Settings, load_settings
-from server.experiments.router import Router, split_rows
+from server.experiments.router import Part, Router, features, score_rows
 from server.experiments.routes import experiment_routes
 from server.experiments.service import (
     ExperimentConflict,
@@ -703,76 +703,71 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
         uid = (own or _new_rid()) if log_on else ""
 
         route = router.route if router is not None else None
-        Out = tuple[list[str], list[float], list[float], list[float], Any, list[Any]]
+        Out = tuple[list[str], list[float], list[float], list[float], list[Any], list[Part]]
 
         def run() -> Out:
-            X = model.pipe.matrix(model.pipe.columns(items))
             orders = [getattr(it, key) for it in items]
-            v = model.version
-            if route is not None and not route.shadow:
-                return run_ab(X, orders)
-            eta, p10, p90 = model.predict(X)
+            eta, p10, p90, parts = score_rows(route, model, items, orders)
             e, lo, hi = eta.tolist(), p10.tolist(), p90.tolist()
-            arm = ARM if route is None else "baseline"
-            logged: Any = None
-            if log_on:  # one chunk: each row's input as sent is split off the hot path
-                logged = rec.chunk(
-                    rid, uid, orders, body, X, e, lo, hi, v, rows_at="deliveries", arm=arm
-                )
-            return orders, e, lo, hi, logged, [(v, arm)]
-
-        def run_ab(X: np.ndarray, orders: list[str]) -> Out:
-            """An A/B test: each arm predicts its own rows; one log chunk per arm."""
-            assert route is not None
-            cand = split_rows(route, orders)
-            eta, p10, p90 = (np.empty(len(orders)) for _ in range(3))
-            sent = [bytes(r).decode() for r in dec_raw.decode(body).deliveries] if log_on else []  # type: ignore[attr-defined]
             logged: list[Any] = []
-            for m, arm, rows in ((model, "baseline", ~cand), (route.candidate, "candidate", cand)):
-                idx = np.flatnonzero(rows)
-                if not len(idx):
-                    continue
-                Xa = np.ascontiguousarray(X[idx])
-                eta[idx], p10[idx], p90[idx] = m.predict(Xa)
-                if log_on:
-                    pick = idx.tolist()
+            if log_on and len(parts) == 1:  # one chunk: inputs are split off the hot path
+                p = parts[0]
+                logged.append(
+                    rec.chunk(
+                        rid,
+                        uid,
+                        orders,
+                        body,
+                        p.X,
+                        e,
+                        lo,
+                        hi,
+                        p.model.version,
+                        rows_at="deliveries",
+                        arm=p.arm,
+                    )
+                )
+            elif log_on:  # an A/B test: one chunk per arm, of its rows
+                sent = [bytes(r).decode() for r in dec_raw.decode(body).deliveries]  # type: ignore[attr-defined]
+                for part in parts:
+                    pick = part.rows.tolist() if part.rows is not None else []
                     logged.append(
                         rec.texts_chunk(
                             rid,
                             _new_rid(),
                             [orders[i] for i in pick],
                             [sent[i] for i in pick],
-                            Xa,
-                            eta[idx].tolist(),
-                            p10[idx].tolist(),
-                            p90[idx].tolist(),
-                            m.version,
-                            arm,
+                            part.X,
+                            [e[i] for i in pick],
+                            [lo[i] for i in pick],
+                            [hi[i] for i in pick],
+                            part.model.version,
+                            part.arm,
                         )
                     )
-            arms = [
-                (route.candidate.version, "candidate") if c else (model.version, "baseline")
-                for c in cand.tolist()
-            ]
-            return orders, eta.tolist(), p10.tolist(), p90.tolist(), logged, arms
+            return orders, e, lo, hi, logged, parts
 
         # small batches inline; big ones off the event loop so other requests keep flowing
         n = len(items)
-        orders, eta, p10, p90, logged, arms = run() if n <= 256 else await asyncio.to_thread(run)
+        orders, eta, p10, p90, logged, parts = run() if n <= 256 else await asyncio.to_thread(run)
         batch_latency.observe(time.perf_counter() - t0)
         metrics.BATCH_ROWS.observe(n)
-        for chunk in logged if isinstance(logged, list) else [logged] if logged else []:
+        for chunk in logged:
             rec.submit(chunk)
-        if len(arms) == 1:
-            v, arm = arms[0]
+        if len(parts) == 1:
+            v, arm = parts[0].model.version, parts[0].arm
             preds = [
                 BatchItem(o, e, lo, hi, v, arm)
                 for o, e, lo, hi in zip(orders, eta, p10, p90, strict=True)
             ]
         else:
+            who: list[tuple[str, str]] = [("", "")] * n
+            for part in parts:
+                for i in part.rows.tolist() if part.rows is not None else []:
+                    who[i] = (part.model.version, part.arm)
             preds = [
                 BatchItem(o, e, lo, hi, v, arm)
-                for o, e, lo, hi, (v, arm) in zip(orders, eta, p10, p90, arms, strict=True)
+                for o, e, lo, hi, (v, arm) in zip(orders, eta, p10, p90, who, strict=True)
             ]
         await send_json(send, _enc.encode(BatchResponse(preds, n, model.version, rid)), rid)
         if route is not None and route.shadow:  # after the answer is sent
@@ -781,29 +776,21 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
     async def shadow_batch(
         route: Any, items: list[Any], orders: list[str], body: bytes, rid: str
     ) -> None:
-        """The candidate scores the batch off the response path; logged, never returned."""
+        """The candidate scores the batch off the response path (features by its own
+        pipeline); logged with arm ``shadow``, never returned."""
         cand = route.candidate
 
         def run() -> Any:
-            X = cand.pipe.matrix(cand.pipe.columns(items))
+            X = features(cand, items)
             e, lo, hi = (a.tolist() for a in cand.predict(X))
             if not log_on:
                 return None
+            v = cand.version
             return rec.chunk(
-                rid,
-                _new_rid(),
-                orders,
-                body,
-                X,
-                e,
-                lo,
-                hi,
-                cand.version,
-                rows_at="deliveries",
-                arm="shadow",
+                rid, _new_rid(), orders, body, X, e, lo, hi, v, rows_at="deliveries", arm="shadow"
             )
 
-        chunk = run() if len(items) <= 256 else await asyncio.to_thread(run)
+        chunk = run() if len(orders) <= 256 else await asyncio.to_thread(run)
         if chunk is not None:
             rec.submit(chunk)
 
@@ -923,7 +910,13 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
     from server.kserve import infer_request_schema, kserve_routes
 
     handlers += kserve_routes(
-        holder, spec, max_batch, recorder=rec if log_on else None, ids=_ids, ready=is_ready
+        holder,
+        spec,
+        max_batch,
+        recorder=rec if log_on else None,
+        ids=_ids,
+        ready=is_ready,
+        router=router,
     )
 
     if settings.admin_token:

@@ -21,10 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 from litestar import Request, Response, get, post
+from litestar.background_tasks import BackgroundTask
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath
 
 from kernels.spec import FeatureSpec
+from server.experiments.router import Part, Router, features, score_rows
 from server.holder import ModelHolder
 from server.recorder import new_request_id
 
@@ -70,6 +72,9 @@ class InferResponse(msgspec.Struct, omit_defaults=True):
     model_version: str
     outputs: list[OutTensor]
     id: str | None = None
+    # {"arm": production | baseline | candidate}, or in an A/B test whose rows went to both
+    # arms {"arm": "mixed", "candidate_version": ..., "candidate_rows": "0,3,7"}
+    parameters: dict[str, str] | None = None
 
 
 # ---- the other answers, as documented (the handlers build them as dicts) --------------------
@@ -281,6 +286,7 @@ def kserve_routes(
     recorder: Recorder | None = None,
     ids: Callable[[Request[Any, Any, Any]], tuple[str, str]] | None = None,
     ready: Callable[[], bool] | None = None,
+    router: Router | None = None,
 ) -> list[Any]:
     """The V2 routes over ``holder``. ``recorder``: log every answered row (None: log
     nothing); ``ids(request)``: its ``(request id, unique id)``; ``ready()``: readiness
@@ -457,36 +463,80 @@ def kserve_routes(
         else:
             rid = uid = new_request_id()
 
-        def run() -> tuple[dict[str, list[float]], list[Any]]:
-            X = model.pipe.matrix(model.pipe.columns(items))
-            eta, p10, p90 = model.predict(X)
-            outs = {"eta_minutes": eta.tolist(), "eta_p10": p10.tolist(), "eta_p90": p90.tolist()}
-            logged: Any = None
-            if recorder is not None and sent is not None:
-                orders = [getattr(it, spec.key) for it in items] if has_key else [None] * len(items)
-                logged = recorder.texts_chunk(
-                    rid,
-                    uid,
-                    orders,
-                    sent,
-                    X,
-                    outs["eta_minutes"],
-                    outs["eta_p10"],
-                    outs["eta_p90"],
-                    model.version,
-                )
-            return outs, logged
+        route = router.route if router is not None else None
 
-        outs, logged = run() if len(items) <= 256 else await asyncio.to_thread(run)
-        if recorder is not None and logged:
-            recorder.submit(logged)
+        def run() -> tuple[dict[str, list[float]], list[Any], list[Part], list[Any]]:
+            orders = [getattr(it, spec.key) for it in items] if has_key else [None] * len(items)
+            eta, p10, p90, parts = score_rows(route, model, items, orders)
+            outs = {"eta_minutes": eta.tolist(), "eta_p10": p10.tolist(), "eta_p90": p90.tolist()}
+            logged: list[Any] = []
+            if recorder is not None and sent is not None:
+                e, lo, hi = outs["eta_minutes"], outs["eta_p10"], outs["eta_p90"]
+                for i, part in enumerate(parts):
+                    pick = part.rows.tolist() if part.rows is not None else range(len(items))
+                    logged.append(
+                        recorder.texts_chunk(
+                            rid,
+                            uid if i == 0 else new_request_id(),
+                            [orders[j] for j in pick],
+                            [sent[j] for j in pick],
+                            part.X,
+                            [e[j] for j in pick],
+                            [lo[j] for j in pick],
+                            [hi[j] for j in pick],
+                            part.model.version,
+                            part.arm,
+                        )
+                    )
+            return outs, logged, parts, orders
+
+        outs, logged, parts, orders = run() if len(items) <= 256 else await asyncio.to_thread(run)
+        if recorder is not None:
+            for chunk in logged:
+                recorder.submit(chunk)
         n = len(items)
+        if len(parts) == 1:
+            version, params = parts[0].model.version, {"arm": parts[0].arm}
+        else:
+            cand = next(p for p in parts if p.arm == "candidate")
+            rows_of = cand.rows.tolist() if cand.rows is not None else []
+            version = model.version
+            params = {
+                "arm": "mixed",
+                "candidate_version": cand.model.version,
+                "candidate_rows": ",".join(map(str, rows_of)),
+            }
         resp = InferResponse(
             MODEL_NAME,
-            model.version,
+            version,
             [OutTensor(w, "FP64", [n], outs[w]) for w in wanted],
             req.id,
+            params,
         )
-        return Response(_enc.encode(resp), media_type=JSON)
+        answer = Response(_enc.encode(resp), media_type=JSON)
+        if route is not None and route.shadow:  # scored off the response path
+
+            async def shadow() -> None:
+                cand_model = route.candidate
+                X = features(cand_model, items)
+                e, lo, hi = (a.tolist() for a in cand_model.predict(X))
+                if recorder is not None and sent is not None:
+                    recorder.submit(
+                        recorder.texts_chunk(
+                            rid,
+                            new_request_id(),
+                            orders,
+                            sent,
+                            X,
+                            e,
+                            lo,
+                            hi,
+                            cand_model.version,
+                            "shadow",
+                        )
+                    )
+
+            answer.background = BackgroundTask(shadow)
+        return answer
 
     return [server_meta, v2_live, v2_ready, model_meta, model_ready, infer]

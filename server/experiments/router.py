@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +28,7 @@ from server.holder import ModelHolder
 from server.models import LoadedModel
 from server.store import Experiment, Store
 
-__all__ = ["Route", "Router", "split_rows"]
+__all__ = ["Part", "Route", "Router", "features", "score_rows", "split_rows"]
 
 log = logging.getLogger("intellilog.server")
 
@@ -51,10 +52,60 @@ class Route:
         return production, "baseline"
 
 
-def split_rows(route: Route, order_ids: list[str]) -> np.ndarray:
+def split_rows(route: Route, order_ids: Sequence[str | None]) -> np.ndarray:
     """Which rows of a batch the candidate answers (A/B), as a boolean array."""
     e = route.experiment
     return assign_many(e.experiment_id, order_ids, e.split)
+
+
+@dataclass(frozen=True, eq=False)
+class Part:
+    """Rows of a batch one model answered: ``rows`` their indices (None: every row) and
+    ``X`` their feature rows as that model's own pipeline built them (C-contiguous)."""
+
+    model: LoadedModel
+    arm: str
+    rows: np.ndarray | None
+    X: np.ndarray
+
+
+def features(model: LoadedModel, items: Sequence[Any]) -> np.ndarray:
+    """The feature matrix of ``items`` by ``model``'s own pipeline: two versions of one
+    spec may have learned different category levels, so a matrix is never shared."""
+    return model.pipe.matrix(model.pipe.columns(items))
+
+
+def score_rows(
+    route: Route | None,
+    production: LoadedModel,
+    items: Sequence[Any],
+    order_ids: Sequence[str | None],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Part]]:
+    """ETA, p10 and p90 of every item and who answered which rows: production (no
+    experiment: arm ``production``; shadow: ``baseline``, the candidate scores later) or,
+    in an A/B test, each row's arm. One feature build and engine call per model."""
+    if route is None or route.shadow:
+        X = features(production, items)
+        eta, p10, p90 = production.predict(X)
+        arm = "production" if route is None else "baseline"
+        return eta, p10, p90, [Part(production, arm, None, X)]
+    cand = split_rows(route, order_ids)
+    eta, p10, p90 = (np.empty(len(order_ids)) for _ in range(3))
+    parts: list[Part] = []
+    for model, arm, chosen in (
+        (production, "baseline", ~cand),
+        (route.candidate, "candidate", cand),
+    ):
+        idx = np.flatnonzero(chosen)
+        if len(idx) == len(order_ids):
+            X = features(model, items)
+            eta[:], p10[:], p90[:] = model.predict(X)
+            return eta, p10, p90, [Part(model, arm, None, X)]
+        if len(idx):
+            Xa = features(model, [items[i] for i in idx.tolist()])
+            eta[idx], p10[idx], p90[idx] = model.predict(Xa)
+            parts.append(Part(model, arm, idx, Xa))
+    return eta, p10, p90, parts
 
 
 class Router:

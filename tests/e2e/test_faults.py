@@ -313,9 +313,11 @@ def test_sigterm_under_load_answers_in_flight_and_flushes_the_log(
         {"deliveries": [{**r, "order_id": f"slow-{i}"} for i, r in enumerate(rows[:100])]}
     )
     slow: dict[str, Any] = {}
+    head_sent = threading.Event()
 
     def upload() -> Iterator[bytes]:
         yield slow_body[:100].encode()
+        head_sent.set()  # asked for more: the headers and first bytes are on the socket
         wait_until(signalled.is_set, 30, "SIGTERM")
         time.sleep(0.5)  # the server is shutting down while this body still arrives
         yield slow_body[100:].encode()
@@ -338,7 +340,10 @@ def test_sigterm_under_load_answers_in_flight_and_flushes_the_log(
         threads.append(threading.Thread(target=in_flight))
         for t in threads:
             t.start()
-        wait_until(lambda: len(answered) >= 200, 30, "load to be answered")
+        assert head_sent.wait(30), "the slow upload never started"
+        # then more answers to other connections: the server has taken the slow one
+        seen = len(answered)
+        wait_until(lambda: len(answered) >= max(200, seen + 100), 30, "load to be answered")
         s.proc.send_signal(signal.SIGTERM)
         signalled.set()
         for t in threads:
@@ -462,11 +467,14 @@ def pg_fetch(url: str, sql: str) -> Any:
 def test_stuck_database_does_not_hold_predictions_and_feedback_waits_until_durable(
     models: Any, postgres: PgServer, tmp_path: Path
 ) -> None:
+    """Then the database down with a spool that cannot be written: feedback is a 503
+    (with a spool it is a 202 ``spooled``: tests/e2e/test_store_fault.py)."""
     url = postgres.new_database()
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the spool's folder should be\n")
+    spool = blocker / "log.spool"
     s = kit.ServerProcess(
-        models.registry,
-        tmp_path / "srv",
-        env={"DATABASE_URL": url, "SPOOL_PATH": str(tmp_path / "srv" / "log.spool")},
+        models.registry, tmp_path / "srv", env={"DATABASE_URL": url, "SPOOL_PATH": str(spool)}
     )
     rows = kit.sample_rows(60, seed=85)
     lock: TableLock | None = None
@@ -516,12 +524,55 @@ def test_stuck_database_does_not_hold_predictions_and_feedback_waits_until_durab
             lambda: pg_fetch(url, "SELECT count(*) FROM predictions") == len(rows), 20, "rows"
         )
         assert pg_fetch(url, "SELECT count(*) FROM feedback") == 1
+
+        postgres.stop()  # down, and the spool cannot take the rows either
+        try:
+            fb = {
+                "order_id": rows[6]["order_id"],
+                "actual_minutes": 31.0,
+                "completed_at": time.time(),
+            }
+            res = httpx.post(s.url + "/v1/feedback", json=fb, timeout=60.0)
+        finally:
+            postgres.start()
+        assert res.status_code == 503, res.text
+        err = res.json()["error"]
+        assert err["code"] == "store_unavailable" and str(spool) in err["message"], err
+        assert "feedback not stored" in err["message"]
         assert s.terminate(30) == 0, s.log[-2000:]
     finally:
         if lock is not None:
             lock.release()
         s.stop()
+        postgres.ensure_running()
     lat = sorted(latencies)
     print(
         f"predict latency while stuck: median {lat[len(lat) // 2] * 1e3:.1f} ms, max {lat[-1] * 1e3:.1f} ms"
     )
+
+
+# ---- the matrix ------------------------------------------------------------------------------
+
+
+def test_reliability_matrix_names_real_tests_and_commands() -> None:
+    """docs/reliability.md: every test it cites exists, every ``intellilog`` command parses."""
+    import re
+
+    from server.cli import build_parser
+
+    doc = (kit.ROOT / "docs" / "reliability.md").read_text(encoding="utf-8")
+    sources = "".join(
+        (kit.ROOT / "tests" / p).read_text(encoding="utf-8")
+        for p in ("e2e/test_faults.py", "e2e/test_store_fault.py", "server/test_app.py")
+    )
+    cited = set(re.findall(r"\b(test_\w+)", doc)) - {"test_faults", "test_store_fault", "test_app"}
+    assert len(cited) >= 8, cited
+    for name in sorted(cited):
+        assert f"def {name}(" in sources, f"docs/reliability.md cites {name}, which is not a test"
+    commands = re.findall(r"`(intellilog [^`]+)`", doc)
+    assert commands
+    for line in commands:
+        try:
+            build_parser().parse_args(line.split()[1:])
+        except SystemExit:
+            pytest.fail(f"docs/reliability.md: {line!r} does not parse")

@@ -322,3 +322,85 @@ def test_cli_parser_imports_no_metrics() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_every_route_answers_and_logs_by_arm(
+    registry: Path, make_client: Any, tmp_path: Path
+) -> None:
+    """Single, batch and V2 requests in an A/B test and then a shadow test: the assigned
+    arm answers, the answer says which, and the log holds what each version said."""
+    import time
+
+    from tests.e2e import servekit as kit
+    from tests.server.store.storekit import raw_sql
+    from tests.server.test_feedback import v2_request
+
+    url = f"sqlite:///{tmp_path / 'ab.db'}"
+    c = make_client(
+        registry, database_url=url, enable_ab_testing=True, admin_token="t", reload_interval_s=0.05
+    )
+    auth = {"Authorization": "Bearer t"}
+    rows = kit.sample_rows(40, seed=5)
+    for i, r in enumerate(rows):
+        r["order_id"] = f"ab-{i}"
+
+    def until(cond: Any) -> None:
+        end = time.monotonic() + 10
+        while not cond():
+            assert time.monotonic() < end, "routing did not follow the experiment"
+            time.sleep(0.02)
+
+    res = c.post("/v1/admin/experiments", headers=auth, json={"candidate": "v2", "mode": "ab"})
+    assert res.status_code == 201, res.text
+    eid = res.json()["experiment_id"]
+    until(lambda: c.post("/v1/predict", json=rows[0]).json()["arm"] != "production")
+    want = [assign(eid, r["order_id"], 0.5) for r in rows]
+    assert 5 < sum(want) < 35
+    single = [c.post("/v1/predict", json=r).json() for r in rows]
+    assert [s["arm"] == "candidate" for s in single] == want
+    assert [s["model_version"] for s in single] == ["v2" if w else "v1" for w in want]
+    batch = c.post("/v1/predict/batch", json={"deliveries": rows}).json()["predictions"]
+    assert [(b["arm"], b["model_version"]) for b in batch] == [
+        (s["arm"], s["model_version"]) for s in single
+    ]
+    assert [b["eta_minutes"] for b in batch] == [s["eta_minutes"] for s in single]
+    v2 = c.post("/v2/models/eta/infer", json=v2_request(rows, with_key=True)).json()
+    assert v2["parameters"]["arm"] == "mixed" and v2["parameters"]["candidate_version"] == "v2"
+    assert v2["parameters"]["candidate_rows"] == ",".join(str(i) for i, w in enumerate(want) if w)
+    assert v2["outputs"][0]["data"] == [s["eta_minutes"] for s in single]
+    # without order ids every V2 row goes to the baseline
+    keyless = c.post("/v2/models/eta/infer", json=v2_request(rows[:3], with_key=False)).json()
+    assert keyless["parameters"] == {"arm": "baseline"} and keyless["model_version"] == "v1"
+
+    # shadow: production answers; the candidate's answers are logged, not returned
+    assert c.post(f"/v1/admin/experiments/{eid}/stop", headers=auth).status_code == 200
+    res = c.post("/v1/admin/experiments", headers=auth, json={"candidate": "v2", "mode": "shadow"})
+    assert res.status_code == 201, res.text
+    until(lambda: c.post("/v1/predict", json=rows[0]).json()["model_version"] == "v1")
+    shadowed = {**rows[1], "order_id": "shadow-1"}
+    one = c.post("/v1/predict", json=shadowed).json()
+    assert (one["arm"], one["model_version"]) == ("baseline", "v1")
+    c.post(
+        "/v1/predict/batch",
+        json={"deliveries": [{**r, "order_id": f"sb-{i}"} for i, r in enumerate(rows)]},
+    )
+
+    def logged(order: str) -> set[tuple[str, str]]:
+        return set(
+            raw_sql(url, "SELECT arm, model_version FROM predictions WHERE order_id = ?", order)
+        )
+
+    until(lambda: logged("shadow-1") == {("baseline", "v1"), ("shadow", "v2")})
+    until(
+        lambda: all(logged(f"sb-{i}") == {("baseline", "v1"), ("shadow", "v2")} for i in range(40))
+    )
+    shadow_eta = dict(
+        raw_sql(
+            url,
+            "SELECT order_id, eta FROM predictions WHERE arm = 'shadow' AND order_id LIKE 'sb-%'",
+        )
+    )
+    # the shadow rows hold what v2 answers for those inputs
+    for i, w in enumerate(want):
+        if w:
+            assert shadow_eta[f"sb-{i}"] == pytest.approx(single[i]["eta_minutes"], rel=1e-12)
