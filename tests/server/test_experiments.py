@@ -404,3 +404,36 @@ def test_every_route_answers_and_logs_by_arm(
     for i, w in enumerate(want):
         if w:
             assert shadow_eta[f"sb-{i}"] == pytest.approx(single[i]["eta_minutes"], rel=1e-12)
+
+
+def test_a_running_experiment_survives_a_restart(
+    registry: Path, make_client: Any, tmp_path: Path
+) -> None:
+    import time
+
+    from tests.e2e import servekit as kit
+
+    url = f"sqlite:///{tmp_path / 'restart.db'}"
+    settings = {
+        "database_url": url,
+        "enable_ab_testing": True,
+        "admin_token": "t",
+        "reload_interval_s": 0.05,
+    }
+    first = make_client(registry, **settings)
+    res = first.post(
+        "/v1/admin/experiments",
+        headers={"Authorization": "Bearer t"},
+        json={"candidate": "v2", "mode": "ab", "split": 0.99},
+    )
+    assert res.status_code == 201, res.text
+    first.__exit__(None, None, None)  # the server stops
+    second = make_client(registry, **settings)  # a new process would read the same store
+    row = {**kit.sample_rows(1, seed=9)[0], "order_id": "after-restart"}
+    end = time.monotonic() + 10
+    while (got := second.post("/v1/predict", json=row).json())["arm"] == "production":
+        assert time.monotonic() < end, "the restarted server did not resume the experiment"
+        time.sleep(0.02)
+    assert (got["arm"], got["model_version"]) == ("candidate", "v2")
+    listed = second.get("/v1/admin/experiments", headers={"Authorization": "Bearer t"}).json()
+    assert [e["status"] for e in listed["experiments"]] == ["running"]
