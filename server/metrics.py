@@ -9,7 +9,10 @@ answers the scrape.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -120,12 +123,33 @@ RETRAIN_FIRST_RUN = Gauge(
 )
 
 
+class _WorkerFiles:
+    """prometheus-client's multiprocess collector over the files that hold data.
+
+    A worker creates its file empty and sizes it a moment later; a scrape in between (a
+    worker starting or being replaced), or a file left empty by a worker killed in that
+    moment, made the whole scrape fail (struct.error, a 500). An empty file holds no
+    samples, so it is skipped."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def collect(self) -> Any:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        files = []
+        for f in glob.glob(os.path.join(self.path, "*.db")):
+            with contextlib.suppress(OSError):  # removed meanwhile
+                if os.path.getsize(f) >= 8:
+                    files.append(f)
+        return MultiProcessCollector.merge(files, accumulate=True)
+
+
 def render() -> bytes:
     """The exposition text: this process's registry, or every worker's in multiprocess mode."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        from prometheus_client import multiprocess
-
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path:
         reg = CollectorRegistry()
-        multiprocess.MultiProcessCollector(reg)
+        reg.register(_WorkerFiles(path))
         return generate_latest(reg)
     return generate_latest()

@@ -419,6 +419,28 @@ def test_killed_worker_is_replaced_and_totals_never_go_backwards(
     assert totals == sorted(totals) and totals[-1] == sent == 36, totals
 
 
+def test_metrics_scrape_skips_the_empty_file_of_a_worker_killed_at_birth(tmp_path: Path) -> None:
+    """A worker's metrics file exists empty for a moment before it is sized; a scrape then,
+    or a file left so by a worker killed then, must not fail the whole scrape."""
+    import sys
+
+    (tmp_path / "counter_4242.db").write_bytes(b"")
+    code = (
+        "import sys; from server import metrics; "
+        "metrics.MODEL_RELOADS.labels('ok').inc(3); sys.stdout.write(metrics.render().decode())"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=kit.ROOT,
+        env=kit.clean_env(PROMETHEUS_MULTIPROC_DIR=str(tmp_path)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    assert kit.metric(res.stdout, "intellilog_model_reloads_total", result="ok") == 3
+
+
 # ---- 6. the database stuck -------------------------------------------------------------------
 
 
