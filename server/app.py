@@ -69,7 +69,7 @@ from server.recorder import ARM, Recorder, new_request_id
 from server.store import SchemaVersionError, StoreDataError
 from training.registry import ALIAS_RE, Registry
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "serve_app"]
 
 log = logging.getLogger("intellilog.server")
 
@@ -514,8 +514,19 @@ def _schema(js: dict[str, Any], defs: dict[str, Any]) -> Schema:
 # ---- the app -----------------------------------------------------------------------------------
 
 
+def serve_app() -> Any:
+    """granian's factory (``intellilog serve``): :func:`create_app`, with a model that
+    cannot be loaded (an alias broken after the server started, then a worker restart)
+    ending the worker with one log line instead of a traceback."""
+    try:
+        return create_app()
+    except IntelliLogError as exc:
+        log.critical("cannot start: %s", exc, extra={"event": "worker_start_failed"})
+        raise SystemExit(3) from None
+
+
 def create_app(settings: Settings | None = None, holder: ModelHolder | None = None) -> Any:
-    """Build the ASGI app (``granian --interface asgi --factory server.app:create_app``)."""
+    """Build the ASGI app (granian runs it through :func:`serve_app`)."""
     settings = settings or load_settings()
     configure_logging(settings.environment, settings.log_level)
     if holder is None:
@@ -1021,6 +1032,7 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
         )
 
     tasks: list[asyncio.Task[None]] = []
+    grpc_servers: list[Any] = []  # started by on_startup when GRPC_PORT is set
 
     async def _reload(reason: str) -> None:
         await holder.reload(reason)
@@ -1036,6 +1048,23 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
         if router is not None:
             tasks.append(asyncio.create_task(router.watch(open_store, settings.reload_interval_s)))
         tasks.extend(asyncio.create_task(loop()) for loop in mon.loops)
+        if settings.grpc_port:  # the V2 gRPC service in this worker (server/grpc)
+            from server.grpc import start_grpc
+            from server.kserve import V2Model
+
+            v2 = V2Model(
+                holder,
+                spec,
+                max_batch,
+                recorder=rec if log_on else None,
+                ready=is_ready,
+                router=router,
+                batcher=batcher,
+            )
+            max_bytes = int(settings.max_body_mb * 1024 * 1024)
+            grpc_servers.append(
+                await start_grpc(v2, settings.grpc_host, settings.grpc_port, max_bytes)
+            )
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop = asyncio.get_running_loop()
             loop.add_signal_handler(
@@ -1043,6 +1072,8 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
             )
 
     async def on_shutdown() -> None:
+        for g in grpc_servers:  # calls in flight finish (and log) before the store closes
+            await g.stop(5.0)
         for t in tasks:
             t.cancel()
         await rec.close()  # every queued prediction to the store, or the spool

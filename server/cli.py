@@ -240,7 +240,7 @@ def cmd_models(args: argparse.Namespace) -> int:
             print(json.dumps(out, indent=2))
             return 0
         if not versions:
-            print(f"no models in {reg.root}: run `intellilog train --data FILE --promote`")
+            print(f"no models in {reg.location}: run `intellilog train --data FILE --promote`")
             return 0
         print(f"{'version':8} {'created':20} {'MAE':>7} {'acc':>6} {'engines':33} aliases")
         for v in versions:
@@ -297,7 +297,7 @@ def cmd_score(args: argparse.Namespace) -> int:
                 client,
                 args.input,
                 args.out,
-                registry=reg.root,
+                registry=reg.location,
                 model=args.model,
                 engine=args.engine or settings.engine,
                 threads=args.threads,
@@ -431,11 +431,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.registry:
         os.environ["MODEL_ARTIFACT_PATH"] = args.registry
+    grpc_port = args.grpc_port if args.grpc_port is not None else settings.grpc_port
+    if grpc_port:  # the workers start it (server/grpc): the same host as HTTP
+        from server.grpc import check_port, require_grpc
+
+        require_grpc()
+        if args.grpc_port is not None:
+            os.environ["GRPC_PORT"] = str(args.grpc_port)
+            os.environ["GRPC_HOST"] = args.host
+        if grpc_port == args.port or grpc_port > 65535:
+            raise ConfigError(
+                f"--grpc-port {grpc_port}: a port within [1, 65535] other than the HTTP port"
+            )
+        check_port(args.host if args.grpc_port is not None else settings.grpc_host, grpc_port)
     reg = Registry(args.registry or settings.model_artifact_path)
     ModelHolder(reg, settings.model_alias, settings.engine)  # settings are valid
     if not reg.versions():
         raise IntelliLogError(
-            f"no model in {reg.root}: train one first, e.g. `intellilog generate --rows 200000 "
+            f"no model in {reg.location}: train one first, e.g. `intellilog generate --rows 200000 "
             "--out data/deliveries.parquet && intellilog train --data data/deliveries.parquet --promote`"
         )
     # the alias must name a complete, intact version: one clear error now, not a traceback
@@ -445,11 +458,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     check_model(reg, settings.model_alias, settings.engine)
     _check_store_schema(settings.database_url)
     print(
-        f"serving {reg.root} ({settings.model_alias}) on http://{args.host}:{args.port} with {args.workers} worker(s)",
+        f"serving {reg.location} ({settings.model_alias}) on http://{args.host}:{args.port} with {args.workers} worker(s)",
         file=sys.stderr,
     )
+    if grpc_port:
+        host = args.host if args.grpc_port is not None else settings.grpc_host
+        print(f"KServe V2 gRPC on {host}:{grpc_port}", file=sys.stderr)
     server = Granian(
-        "server.app:create_app",
+        "server.app:serve_app",
         factory=True,
         interface=Interfaces.ASGI,
         address=args.host,
@@ -728,6 +744,13 @@ def build_parser() -> argparse.ArgumentParser:
     v2.add_argument("--port", type=_positive_int, default=8000)
     v2.add_argument(
         "--workers", type=_positive_int, default=1, help="worker processes (one per core)"
+    )
+    v2.add_argument(
+        "--grpc-port",
+        type=_positive_int,
+        default=None,
+        help="also serve the KServe V2 gRPC protocol on this port (same host; every worker "
+        "shares it with SO_REUSEPORT; needs intellilog[grpc]); default: GRPC_PORT, 0 = off",
     )
     reg_opt(v2)
     v2.set_defaults(fn=cmd_serve)

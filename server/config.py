@@ -50,6 +50,10 @@ class Settings:
     # engine call (server.app.MicroBatcher); 1 = every request on its own
     micro_batch_max: int = 64
     max_body_mb: float = 32.0
+    # the V2 gRPC inference service (server/grpc, needs intellilog[grpc]) on this address
+    # in every worker beside HTTP; 0 = off (`intellilog serve --grpc-port` sets both)
+    grpc_port: int = 0
+    grpc_host: str = "127.0.0.1"
     reload_interval_s: float = 1.0  # how often the server checks the registry aliases
     # every answered prediction is logged to DATABASE_URL off the hot path (server.recorder)
     prediction_log: bool = True
@@ -86,8 +90,10 @@ class Settings:
     mlflow_tracking_uri: str = ""
 
     @property
-    def registry_path(self) -> Path:
-        return Path(self.model_artifact_path)
+    def registry_path(self) -> Path | str:
+        """The registry folder, or its URL as given (``s3://...``: a Path would fold ``//``)."""
+        p = self.model_artifact_path
+        return p if "://" in p else Path(p)
 
     @property
     def spool_file(self) -> Path:
@@ -120,6 +126,8 @@ _ENV = {
     "max_batch_size": "MAX_BATCH_SIZE",
     "micro_batch_max": "MICRO_BATCH_MAX",
     "max_body_mb": "MAX_BODY_MB",
+    "grpc_port": "GRPC_PORT",
+    "grpc_host": "GRPC_HOST",
     "reload_interval_s": "RELOAD_INTERVAL_S",
     "prediction_log": "PREDICTION_LOG",
     "prediction_retention_days": "PREDICTION_RETENTION_DAYS",
@@ -242,6 +250,10 @@ def load_settings(
             f"INTELLILOG_GPU_MIN_ROWS={s.gpu_min_rows!r}: a whole number of rows within "
             "[0, 1000000000] (0 = never use the GPU for large batches)"
         )
+    if not 0 <= s.grpc_port <= 65535:
+        raise ConfigError(f"GRPC_PORT={s.grpc_port!r}: a port within [1, 65535], or 0 for no gRPC")
+    if s.grpc_port and not s.grpc_host:
+        raise ConfigError("GRPC_HOST is empty: the address gRPC listens on, e.g. 127.0.0.1")
     if not 0.01 <= s.max_body_mb <= 1024:
         raise ConfigError(f"MAX_BODY_MB={s.max_body_mb!r}: must be within [0.01, 1024]")
     if not 0.05 <= s.reload_interval_s <= 3600:

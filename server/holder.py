@@ -13,7 +13,6 @@ import asyncio
 import gc
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -84,7 +83,7 @@ class ModelHolder:
         """Blocking first load (start-up); raises ModelLoadError with a way forward."""
         if not self.registry.versions():
             raise ModelLoadError(
-                f"no model in {self.registry.root}: train one first, e.g. "
+                f"no model in {self.registry.location}: train one first, e.g. "
                 "`intellilog generate --rows 200000 --out data/d.parquet && "
                 "intellilog train --data data/d.parquet --promote`"
             )
@@ -106,11 +105,14 @@ class ModelHolder:
         metrics.MODEL_INFO.labels(new.version, new.engine_name, new.device).set(1)
 
     def _mtime(self) -> float | None:
-        p = Path(self.registry.root) / "aliases.json"
+        """The registry's alias token: ``aliases.json``'s mtime in a folder, the newest
+        alias generation in a remote registry. A remote read that fails (network, store
+        down) keeps the last token, so the next poll tries again and nothing reloads."""
         try:
-            return p.stat().st_mtime_ns / 1e9
-        except OSError:
-            return None
+            return self.registry.alias_token()
+        except IntelliLogError as exc:
+            log.warning("cannot poll the aliases of %s: %s", self.registry.location, exc)
+            return self._aliases_mtime
 
     async def reload(self, reason: str, ref: str | None = None) -> dict[str, Any]:
         """Swap to what ``ref`` (default: the alias) points to, if it differs."""
@@ -175,10 +177,11 @@ class ModelHolder:
         }
 
     async def watch(self, interval: float) -> None:
-        """Poll the alias file; reload when it changes (promote, rollback, retrain)."""
+        """Poll the alias file (a remote registry: its alias generation, off the event
+        loop); reload when it changes (promote, rollback, retrain)."""
         while True:
             await asyncio.sleep(interval)
-            m = self._mtime()
+            m = await asyncio.to_thread(self._mtime) if self.registry.is_remote else self._mtime()
             if m != self._aliases_mtime:
                 self._aliases_mtime = m
                 await self.reload("alias changed")

@@ -3,9 +3,25 @@
 One input tensor per spec field, all of shape ``[n]``: FP32/FP64 (or INT32/INT64) for
 numbers, INT64 epoch seconds or BYTES (ISO 8601) for the event time, BYTES for
 categories and for the optional ``order_id``. Outputs: ``eta_minutes``, ``eta_p10``,
-``eta_p90`` (FP64 ``[n]``). JSON tensors only: the binary tensor extension is refused
-with a clear message (tritonclient: ``binary_data=False``). Errors follow the
-protocol's shape, ``{"error": "..."}``, with status 400 for bad input.
+``eta_p90`` (FP64 ``[n]``). Errors follow the protocol's shape, ``{"error": "..."}``,
+with status 400 for bad input.
+
+Tensors come as JSON ``data`` or through the binary tensor data extension (what
+``tritonclient.http`` sends by default): with an ``Inference-Header-Content-Length``
+header the body is a JSON header of that many bytes followed by the raw tensors, in
+input order, each input saying its size in ``parameters.binary_data_size``: little-endian
+numbers, BYTES as 4-byte little-endian lengths each followed by that many UTF-8 bytes.
+Outputs asked for with ``parameters.binary_data`` (or the request's
+``binary_data_output``) come back the same way: the JSON header (its length in the
+response's ``Inference-Header-Content-Length``), each binary output with its
+``binary_data_size``, then the little-endian FP64 values. A binary tensor is decoded into
+the very values JSON would carry and then takes the JSON path, so the answers (and the
+logged inputs) of both forms are the same, bit for bit. NaN in a binary tensor of an
+optional number (``prep_minutes``) means "missing", like ``null`` in JSON.
+
+:class:`V2Model` is that path without a transport (tensors in, scored rows out); the
+gRPC service (``server/grpc``) serves the same object, so both protocols share its
+checks, experiment routing and logging.
 
 Every answered row is logged like the other prediction routes (``recorder``): its input
 is the row's tensor values as sent (JSON), its order id the ``order_id`` tensor's value,
@@ -16,10 +32,13 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable
+import struct
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+import numpy as np
 from litestar import Request, Response, get, post
 from litestar.background_tasks import BackgroundTask
 from litestar.openapi.datastructures import ResponseSpec
@@ -31,20 +50,38 @@ from server.holder import ModelHolder
 from server.recorder import new_request_id
 
 if TYPE_CHECKING:
+    from server.microbatch import MicroBatcher
     from server.recorder import Recorder
 
-__all__ = ["MODEL_NAME", "infer_request_schema", "kserve_routes"]
+__all__ = [
+    "MODEL_NAME",
+    "OUTPUTS",
+    "Answer",
+    "Tensor",
+    "V2InputError",
+    "V2Model",
+    "decode_raw",
+    "infer_request_schema",
+    "kserve_routes",
+]
 
 MODEL_NAME = "eta"
 JSON = "application/json"
 _NUM = ("FP32", "FP64", "INT32", "INT64")
+#: little-endian numpy dtypes of the numeric datatypes the inputs accept
+_RAW_DTYPES = {"FP32": "<f4", "FP64": "<f8", "INT32": "<i4", "INT64": "<i8"}
+_LEN = struct.Struct("<I")
+_HEADER = "inference-header-content-length"
 
 
 class Tensor(msgspec.Struct):
+    """One input tensor: ``data`` from JSON, or filled in from binary bytes (then the
+    JSON header carries ``parameters.binary_data_size`` and no ``data``)."""
+
     name: str
     shape: list[int]
     datatype: str
-    data: list[Any]
+    data: list[Any] | None = None
     parameters: dict[str, Any] | None = None
 
 
@@ -126,7 +163,7 @@ class ModelMetadata(msgspec.Struct):
     outputs: list[OutputMetadata]
 
 
-_OUTPUTS = ("eta_minutes", "eta_p10", "eta_p90")
+OUTPUTS = ("eta_minutes", "eta_p10", "eta_p90")
 _UNKNOWN_MODEL = ResponseSpec(
     V2Error, description=f"no such model; this server serves {MODEL_NAME!r}"
 )
@@ -137,8 +174,9 @@ _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder(InferRequest)
 
 
-class _V2Error(Exception):
-    pass
+class V2InputError(Exception):
+    """A request the V2 protocol refuses (HTTP 400, gRPC INVALID_ARGUMENT); the message
+    names the input or output and says what to send instead."""
 
 
 def _err(status: int, message: str) -> Response[bytes]:
@@ -148,7 +186,7 @@ def _err(status: int, message: str) -> Response[bytes]:
 def _flatten(data: list[Any]) -> list[Any]:
     if data and isinstance(data[0], list):
         if not all(isinstance(row, list) for row in data):
-            raise _V2Error("tensor data mixes rows (lists) and values; send [n] or [n, 1] data")
+            raise V2InputError("tensor data mixes rows (lists) and values; send [n] or [n, 1] data")
         return [x for row in data for x in _flatten(row)]
     return data
 
@@ -168,6 +206,384 @@ def _kinds(spec: FeatureSpec) -> dict[str, tuple[str, ...]]:
     for n in spec.numeric:
         kinds[n.name] = _NUM
     return kinds
+
+
+# ---- raw tensor bytes (the binary extension over HTTP, raw_input_contents over gRPC) ---------
+
+
+def decode_raw(name: str, datatype: str, raw: bytes | memoryview) -> list[Any]:
+    """The values of one input tensor sent as raw bytes, as JSON would carry them: Python
+    floats or ints from little-endian numbers, str from BYTES (4-byte little-endian
+    length, then that many UTF-8 bytes, per element)."""
+    dt = _RAW_DTYPES.get(datatype)
+    if dt is not None:
+        size = np.dtype(dt).itemsize
+        if len(raw) % size:
+            raise V2InputError(
+                f"input {name!r}: {len(raw)} bytes of {datatype} data is not a whole number "
+                f"of {size}-byte values"
+            )
+        values: list[Any] = np.frombuffer(raw, dtype=dt).tolist()
+        return values
+    if datatype != "BYTES":
+        raise V2InputError(
+            f"input {name!r}: datatype {datatype} cannot be sent as binary data "
+            f"(use {', '.join(_RAW_DTYPES)} or BYTES)"
+        )
+    data = bytes(raw)
+    # ASCII data (the usual case: ids, levels, ISO times) is sliced out of one str decoded
+    # at once; other data is decoded element by element, refusing bad UTF-8
+    text = data.decode("latin-1") if data.isascii() else None
+    out: list[Any] = []
+    append, unpack = out.append, _LEN.unpack_from
+    pos, end = 0, len(data)
+    while pos < end:
+        if end - pos < 4:
+            raise V2InputError(
+                f"input {name!r}: BYTES element {len(out)} is cut short (its 4-byte length is "
+                f"incomplete: {end - pos} bytes left)"
+            )
+        n = unpack(data, pos)[0]
+        pos += 4
+        if n > end - pos:
+            raise V2InputError(
+                f"input {name!r}: BYTES element {len(out)} says {n} bytes, only {end - pos} "
+                "are left in its data"
+            )
+        if text is not None:
+            append(text[pos : pos + n])
+        else:
+            try:
+                append(data[pos : pos + n].decode("utf-8"))
+            except UnicodeDecodeError:
+                raise V2InputError(
+                    f"input {name!r}: BYTES element {len(out)} is not UTF-8"
+                ) from None
+        pos += n
+    return out
+
+
+def _size(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise V2InputError(f"{where}: expected a whole number of bytes >= 0, got {value!r}")
+    return value
+
+
+def _split_binary(body: bytes, header: str, check: Callable[[Tensor], None]) -> InferRequest:
+    """The request of a binary-extension body: its JSON header (``header`` bytes long),
+    each input with ``binary_data_size`` filled in from the bytes that follow, in order
+    (``check``: refuses an input's name or datatype before its bytes are read)."""
+    try:
+        n = int(header)
+    except ValueError:
+        n = -1
+    if not 0 < n <= len(body):
+        raise V2InputError(
+            f"binary tensor data: Inference-Header-Content-Length={header!r} must be the "
+            f"length in bytes of the JSON header at the start of the body (1 to {len(body)})"
+        )
+    try:
+        req = _dec.decode(body[:n])
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise V2InputError(
+            f"binary tensor data: the JSON header (the first {n} bytes, "
+            f"Inference-Header-Content-Length) is not a valid infer request: {exc}"
+        ) from None
+    view = memoryview(body)
+    pos = n
+    for t in req.inputs:
+        size = (t.parameters or {}).get("binary_data_size")
+        if size is None:
+            continue
+        size = _size(size, f"input {t.name!r}: parameters.binary_data_size")
+        check(t)
+        if t.data is not None:
+            raise V2InputError(
+                f"input {t.name!r}: has both data and binary_data_size; send one of them"
+            )
+        if size > len(body) - pos:
+            raise V2InputError(
+                f"input {t.name!r}: binary_data_size={size} but only {len(body) - pos} bytes "
+                "of the body are left (truncated body, or a wrong size)"
+            )
+        t.data = decode_raw(t.name, t.datatype, view[pos : pos + size])
+        pos += size
+    if pos != len(body):
+        raise V2InputError(
+            f"binary tensor data: {len(body) - pos} bytes after the last binary input; the "
+            "binary_data_size of the inputs must add up to the body after the JSON header"
+        )
+    return req
+
+
+def _flag(params: dict[str, Any] | None, key: str, where: str, default: bool) -> bool:
+    value = (params or {}).get(key, default)
+    if not isinstance(value, bool):
+        raise V2InputError(f"{where}.{key}: expected true or false, got {value!r}")
+    return value
+
+
+# ---- the model as V2 sees it, whatever the transport -----------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Answer:
+    """The scored rows of one request: the outputs (float64 arrays), who answered them
+    (``version`` and ``parameters``: the arm, or "mixed" with the candidate's rows), and
+    the shadow scoring to run after the answer is sent (None: none)."""
+
+    outputs: dict[str, np.ndarray]
+    version: str
+    parameters: dict[str, str]
+    shadow: Callable[[], Coroutine[Any, Any, None]] | None
+
+
+@dataclass(frozen=True, eq=False)
+class _Rows:
+    items: list[Any]
+    sent: list[str] | None
+    has_key: bool
+
+
+class V2Model:
+    """The served model behind the V2 protocol: tensors in, checked rows, scored rows
+    out (experiment routing through :func:`score_rows`, logging through ``recorder``).
+
+    Reads ``holder.model`` once per request, so a hot swap takes effect on the next
+    request and requests in flight finish on the model they started with. ``ready()``:
+    readiness (default: the model is loaded). ``batcher``: one-row requests (no A/B
+    split) are predicted through it, with the other one-row requests of the same
+    event-loop turn (None: each on its own)."""
+
+    def __init__(
+        self,
+        holder: ModelHolder,
+        spec: FeatureSpec,
+        max_batch: int,
+        *,
+        recorder: Recorder | None = None,
+        ready: Callable[[], bool] | None = None,
+        router: Router | None = None,
+        batcher: MicroBatcher | None = None,
+    ) -> None:
+        self.holder = holder
+        self.spec = spec
+        self.max_batch = max_batch
+        self.recorder = recorder
+        self.router = router
+        self.batcher = batcher
+        self._ready = ready
+        self.kinds = _kinds(spec)
+        self.required = list(spec.required_columns)
+        self.optional = {n.name for n in spec.numeric if n.optional} | {spec.key}
+        #: optional numeric inputs: NaN in their binary data means missing (JSON null)
+        self._nan_missing = {n.name for n in spec.numeric if n.optional}
+
+    def is_ready(self) -> bool:
+        if self._ready is not None:
+            return self._ready()
+        return self.holder.ready and self.holder.model is not None
+
+    def metadata(self) -> dict[str, Any]:
+        """The model's metadata document (the REST form; gRPC builds its message from it)."""
+        m = self.holder.model
+        return {
+            "name": MODEL_NAME,
+            "versions": [m.version] if m else [],
+            "platform": "lightgbm",
+            "inputs": [
+                {
+                    "name": name,
+                    "datatype": "FP64" if dt == _NUM else dt[0],
+                    "shape": [-1],
+                    "optional": name in self.optional,
+                }
+                for name, dt in self.kinds.items()
+            ],
+            "outputs": [{"name": o, "datatype": "FP64", "shape": [-1]} for o in OUTPUTS],
+        }
+
+    def check_datatype(self, t: Tensor) -> None:
+        if t.name not in self.kinds:
+            raise V2InputError(f"unknown input {t.name!r}; inputs are {', '.join(self.kinds)}")
+        if t.datatype not in self.kinds[t.name]:
+            raise V2InputError(
+                f"input {t.name!r}: datatype {t.datatype} not accepted (use {' or '.join(self.kinds[t.name])})"
+            )
+
+    @staticmethod
+    def outputs(names: Sequence[str] | None) -> list[str]:
+        """The outputs asked for (None or empty: all three), checked."""
+        wanted = list(names) if names else list(OUTPUTS)
+        unknown = [w for w in wanted if w not in OUTPUTS]
+        if unknown:
+            raise V2InputError(f"unknown output {unknown[0]!r}; outputs are {', '.join(OUTPUTS)}")
+        return wanted
+
+    def rows(self, inputs: Sequence[Tensor], log: bool = True) -> _Rows:
+        """The request's rows as request structs; with ``log`` (and a recorder), each
+        row's tensor values as sent (JSON) too."""
+        Item = self.spec.request_struct
+        seen: dict[str, list[Any]] = {}
+        n: int | None = None
+        for t in inputs:
+            self.check_datatype(t)
+            if t.data is None:
+                raise V2InputError(
+                    f"input {t.name!r}: no data; send data, or parameters.binary_data_size "
+                    "with the binary tensor data extension"
+                )
+            data = _flatten(t.data)
+            if (
+                math.prod(t.shape) != len(data)
+                or len(t.shape) not in (1, 2)
+                or (len(t.shape) == 2 and t.shape[1] != 1)
+            ):
+                raise V2InputError(
+                    f"input {t.name!r}: shape {t.shape} does not match {len(data)} values (use [n] or [n, 1])"
+                )
+            if n is not None and len(data) != n:
+                raise V2InputError(
+                    f"input {t.name!r} has {len(data)} values, other inputs have {n}"
+                )
+            n = len(data)
+            if t.datatype.startswith("INT") and self.kinds[t.name] == _NUM:
+                data = [
+                    float(x) if isinstance(x, int) and not isinstance(x, bool) else x for x in data
+                ]
+            elif t.name in self._nan_missing and t.datatype.startswith("FP"):
+                data = [None if isinstance(x, float) and x != x else x for x in data]
+            seen[t.name] = data
+        missing = [c for c in self.required if c not in seen]
+        if missing:
+            raise V2InputError(
+                f"missing input{'s' if len(missing) > 1 else ''} {', '.join(missing)}"
+            )
+        if not n:
+            raise V2InputError("inputs are empty")
+        if n > self.max_batch:
+            raise V2InputError(f"{n} rows exceed MAX_BATCH_SIZE={self.max_batch}")
+        names = list(seen)
+        cols = [seen[k] for k in names]
+        dicts = [dict(zip(names, vals, strict=True)) for vals in zip(*cols, strict=True)]
+        sent = (
+            [_enc.encode(d).decode() for d in dicts] if log and self.recorder is not None else None
+        )
+        key = self.spec.key
+        has_key = key in seen
+        if not has_key:
+            for i, d in enumerate(dicts):
+                d[key] = str(i)
+        try:
+            items = msgspec.convert(dicts, list[Item])  # type: ignore[valid-type]
+        except msgspec.ValidationError as exc:
+            msg, _, where = str(exc).rpartition(" - at `$[")
+            if not _:
+                raise V2InputError(str(exc)) from None
+            idx, _, field = where.rstrip("`").partition("].")
+            raise V2InputError(f"input {field!r}[{idx}]: {msg}") from None
+        return _Rows(items, sent, has_key)
+
+    async def score(self, batch: _Rows, rid: str, uid: str) -> Answer:
+        """Score the rows of :meth:`rows`, log them, and say who answered."""
+        model = self.holder.model
+        if model is None:
+            raise V2InputError(_NOT_READY)
+        items, sent, recorder = batch.items, batch.sent, self.recorder
+        key = self.spec.key
+        orders = [getattr(it, key) for it in items] if batch.has_key else [None] * len(items)
+        route = self.router.route if self.router is not None else None
+
+        def log(parts: list[Part], e: list[float], lo: list[float], hi: list[float]) -> list[Any]:
+            if recorder is None or sent is None:
+                return []
+            logged = []
+            for i, part in enumerate(parts):
+                pick = part.rows.tolist() if part.rows is not None else range(len(items))
+                logged.append(
+                    recorder.texts_chunk(
+                        rid,
+                        uid if i == 0 else new_request_id(),
+                        [orders[j] for j in pick],
+                        [sent[j] for j in pick],
+                        part.X,
+                        [e[j] for j in pick],
+                        [lo[j] for j in pick],
+                        [hi[j] for j in pick],
+                        part.model.version,
+                        part.arm,
+                    )
+                )
+            return logged
+
+        def run() -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Part], list[Any]]:
+            eta, p10, p90, parts = score_rows(route, model, items, orders)
+            logged = log(parts, eta.tolist(), p10.tolist(), p90.tolist()) if recorder else []
+            return eta, p10, p90, parts, logged
+
+        if self.batcher is not None and len(items) == 1 and (route is None or route.shadow):
+            X = features(model, items)
+            one = await self.batcher.predict(model, X)
+            eta, p10, p90 = (np.array([v], dtype=np.float64) for v in one)
+            parts = [Part(model, "production" if route is None else "baseline", None, X)]
+            logged = log(parts, [one[0]], [one[1]], [one[2]]) if recorder else []
+        elif len(items) <= 256:
+            eta, p10, p90, parts, logged = run()
+        else:
+            eta, p10, p90, parts, logged = await asyncio.to_thread(run)
+        if recorder is not None:
+            for chunk in logged:
+                recorder.submit(chunk)
+        if len(parts) == 1:
+            version, params = parts[0].model.version, {"arm": parts[0].arm}
+        else:
+            cand = next(p for p in parts if p.arm == "candidate")
+            rows_of = cand.rows.tolist() if cand.rows is not None else []
+            version = model.version
+            params = {
+                "arm": "mixed",
+                "candidate_version": cand.model.version,
+                "candidate_rows": ",".join(map(str, rows_of)),
+            }
+        shadow = None
+        if route is not None and route.shadow:  # scored off the response path
+            cand_model = route.candidate
+
+            async def shadow() -> None:
+                X = features(cand_model, items)
+                e, lo, hi = (a.tolist() for a in cand_model.predict(X))
+                if recorder is not None and sent is not None:
+                    recorder.submit(
+                        recorder.texts_chunk(
+                            rid,
+                            new_request_id(),
+                            orders,
+                            sent,
+                            X,
+                            e,
+                            lo,
+                            hi,
+                            cand_model.version,
+                            "shadow",
+                        )
+                    )
+
+        outs = {"eta_minutes": eta, "eta_p10": p10, "eta_p90": p90}
+        return Answer(outs, version, params, shadow)
+
+
+_INFER_DESCRIPTION = (
+    "Tensors as JSON (the request body below), or with the binary tensor data extension: "
+    "an `Inference-Header-Content-Length: N` header, a body of N bytes of JSON header (this "
+    "request, each binary input with `parameters.binary_data_size` instead of `data`) "
+    "followed by those inputs' raw bytes in input order: little-endian FP32/FP64/INT32/INT64 "
+    "values; BYTES as a 4-byte little-endian length then that many UTF-8 bytes per element. "
+    "NaN in a binary optional number means missing. Outputs with `parameters.binary_data: "
+    "true` (or the request's `parameters.binary_data_output: true`) come back binary: the "
+    "response's `Inference-Header-Content-Length` says how long its JSON header is, each "
+    "such output carries `parameters.binary_data_size` and its little-endian FP64 values "
+    "follow the header in output order (Content-Type application/octet-stream)."
+)
 
 
 def infer_request_schema(spec: FeatureSpec, max_batch: int) -> dict[str, Any]:
@@ -262,7 +678,7 @@ def infer_request_schema(spec: FeatureSpec, max_batch: int) -> dict[str, Any]:
                         "items": {
                             "type": "object",
                             "properties": {
-                                "name": {"enum": list(_OUTPUTS)},
+                                "name": {"enum": list(OUTPUTS)},
                                 "parameters": obj_or_null,
                             },
                             "required": ["name"],
@@ -287,103 +703,24 @@ def kserve_routes(
     ids: Callable[[Request[Any, Any, Any]], tuple[str, str]] | None = None,
     ready: Callable[[], bool] | None = None,
     router: Router | None = None,
+    v2: V2Model | None = None,
 ) -> list[Any]:
     """The V2 routes over ``holder``. ``recorder``: log every answered row (None: log
     nothing); ``ids(request)``: its ``(request id, unique id)``; ``ready()``: readiness
-    (default: the model is loaded)."""
-    Item = spec.request_struct
-
-    def is_ready() -> bool:
-        return ready() if ready is not None else holder.ready and holder.model is not None
-
-    kinds = _kinds(spec)
-    required = [c for c in spec.required_columns]
-    optional = {n.name for n in spec.numeric if n.optional} | {spec.key}
-
-    def metadata() -> dict[str, Any]:
-        m = holder.model
-        return {
-            "name": MODEL_NAME,
-            "versions": [m.version] if m else [],
-            "platform": "lightgbm",
-            "inputs": [
-                {
-                    "name": name,
-                    "datatype": "FP64" if dt == _NUM else dt[0],
-                    "shape": [-1],
-                    "optional": name in optional,
-                }
-                for name, dt in kinds.items()
-            ],
-            "outputs": [
-                {"name": o, "datatype": "FP64", "shape": [-1]}
-                for o in ("eta_minutes", "eta_p10", "eta_p90")
-            ],
-        }
+    (default: the model is loaded). ``v2``: the :class:`V2Model` to serve (default: one
+    built from the other arguments)."""
+    core = v2 or V2Model(holder, spec, max_batch, recorder=recorder, ready=ready, router=router)
 
     def check_name(name: str) -> Response[bytes] | None:
         if name != MODEL_NAME:
             return _err(404, f"unknown model {name!r}; this server serves {MODEL_NAME!r}")
         return None
 
-    def rows(req: InferRequest, sent: list[str] | None = None) -> list[Any]:
-        """The request's rows as request structs; with ``sent``, each row's tensor values
-        as sent (JSON) are appended to it."""
-        seen: dict[str, list[Any]] = {}
-        n: int | None = None
-        for t in req.inputs:
-            if t.name not in kinds:
-                raise _V2Error(f"unknown input {t.name!r}; inputs are {', '.join(kinds)}")
-            if t.datatype not in kinds[t.name]:
-                raise _V2Error(
-                    f"input {t.name!r}: datatype {t.datatype} not accepted (use {' or '.join(kinds[t.name])})"
-                )
-            data = _flatten(t.data)
-            if (
-                math.prod(t.shape) != len(data)
-                or len(t.shape) not in (1, 2)
-                or (len(t.shape) == 2 and t.shape[1] != 1)
-            ):
-                raise _V2Error(
-                    f"input {t.name!r}: shape {t.shape} does not match {len(data)} values (use [n] or [n, 1])"
-                )
-            if n is not None and len(data) != n:
-                raise _V2Error(f"input {t.name!r} has {len(data)} values, other inputs have {n}")
-            n = len(data)
-            if t.datatype.startswith("INT") and t.name in kinds and kinds[t.name] == _NUM:
-                data = [
-                    float(x) if isinstance(x, int) and not isinstance(x, bool) else x for x in data
-                ]
-            seen[t.name] = data
-        missing = [c for c in required if c not in seen]
-        if missing:
-            raise _V2Error(f"missing input{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
-        if not n:
-            raise _V2Error("inputs are empty")
-        if n > max_batch:
-            raise _V2Error(f"{n} rows exceed MAX_BATCH_SIZE={max_batch}")
-        names = list(seen)
-        cols = [seen[k] for k in names]
-        dicts = [dict(zip(names, vals, strict=True)) for vals in zip(*cols, strict=True)]
-        if sent is not None:
-            sent.extend(_enc.encode(d).decode() for d in dicts)
-        if spec.key not in seen:
-            for i, d in enumerate(dicts):
-                d[spec.key] = str(i)
-        try:
-            return msgspec.convert(dicts, list[Item])  # type: ignore[valid-type]
-        except msgspec.ValidationError as exc:
-            msg, _, where = str(exc).rpartition(" - at `$[")
-            if not _:
-                raise _V2Error(str(exc)) from None
-            idx, _, field = where.rstrip("`").partition("].")
-            raise _V2Error(f"input {field!r}[{idx}]: {msg}") from None
-
     @get("/v2", tags=["kserve-v2"], responses={200: ResponseSpec(ServerMetadata)})
     async def server_meta() -> dict[str, Any]:
         from training import __version__
 
-        return {"name": "intellilog", "version": __version__, "extensions": []}
+        return {"name": "intellilog", "version": __version__, "extensions": ["binary_tensor_data"]}
 
     @get("/v2/health/live", tags=["kserve-v2"], responses={200: ResponseSpec(Live)})
     async def v2_live() -> dict[str, bool]:
@@ -395,7 +732,7 @@ def kserve_routes(
         responses={200: ResponseSpec(Ready), 503: ResponseSpec(Ready, description=_NOT_READY)},
     )
     async def v2_ready() -> Response[dict[str, bool]]:
-        ok = is_ready()
+        ok = core.is_ready()
         return Response({"ready": ok}, status_code=200 if ok else 503)
 
     @get(
@@ -404,7 +741,7 @@ def kserve_routes(
         responses={200: ResponseSpec(ModelMetadata), 404: _UNKNOWN_MODEL},
     )
     async def model_meta(name: FromPath[str]) -> Response[Any]:
-        return check_name(name) or Response(metadata())
+        return check_name(name) or Response(core.metadata())
 
     @get(
         "/v2/models/{name:str}/ready",
@@ -419,13 +756,14 @@ def kserve_routes(
         bad = check_name(name)
         if bad:
             return bad
-        ok = is_ready()
+        ok = core.is_ready()
         return Response({"name": name, "ready": ok}, status_code=200 if ok else 503)
 
     @post(
         "/v2/models/{name:str}/infer",
         status_code=200,
         tags=["kserve-v2"],
+        description=_INFER_DESCRIPTION,
         responses={
             200: ResponseSpec(
                 InferResponse, description="the outputs asked for (default: all three)"
@@ -438,105 +776,81 @@ def kserve_routes(
         bad = check_name(name)
         if bad:
             return bad
-        if "inference-header-content-length" in request.headers:
-            return _err(
-                400,
-                "binary tensor data is not supported; send JSON tensors (tritonclient: binary_data=False)",
-            )
         body = await request.body()
-        sent: list[str] | None = [] if recorder is not None else None
+        header = request.headers.get(_HEADER)
         try:
-            req = _dec.decode(body)
-            items = rows(req, sent)
-        except (_V2Error, msgspec.ValidationError, msgspec.DecodeError) as exc:
+            if header is not None:
+                req = _split_binary(body, header, core.check_datatype)
+            else:
+                req = _dec.decode(body)
+                sized = next(
+                    (t.name for t in req.inputs if "binary_data_size" in (t.parameters or {})),
+                    None,
+                )
+                if sized is not None:
+                    raise V2InputError(
+                        f"input {sized!r}: parameters.binary_data_size needs the binary "
+                        "tensor data extension (an Inference-Header-Content-Length header)"
+                    )
+            batch = core.rows(req.inputs)
+            wanted = core.outputs([o.name for o in req.outputs] if req.outputs else None)
+            default_binary = _flag(req.parameters, "binary_data_output", "parameters", False)
+            binary = [
+                _flag(o.parameters, "binary_data", f"outputs[{i}].parameters", default_binary)
+                for i, o in enumerate(req.outputs or [])
+            ] or [default_binary] * len(wanted)
+            for i, o in enumerate(req.outputs or []):
+                if (o.parameters or {}).get("classification") is not None:
+                    raise V2InputError(
+                        f"outputs[{i}].parameters.classification: not supported; the outputs "
+                        "are regression values"
+                    )
+        except (V2InputError, msgspec.ValidationError, msgspec.DecodeError) as exc:
             return _err(400, str(exc))
-        outs_known = ("eta_minutes", "eta_p10", "eta_p90")
-        wanted = [o.name for o in req.outputs] if req.outputs else list(outs_known)
-        unknown = [w for w in wanted if w not in outs_known]
-        if unknown:
-            return _err(400, f"unknown output {unknown[0]!r}; outputs are {', '.join(outs_known)}")
-        model = holder.model
-        assert model is not None
-        has_key = any(t.name == spec.key for t in req.inputs)
         if ids is not None:
             rid, uid = ids(request)
         else:
             rid = uid = new_request_id()
-
-        route = router.route if router is not None else None
-
-        def run() -> tuple[dict[str, list[float]], list[Any], list[Part], list[Any]]:
-            orders = [getattr(it, spec.key) for it in items] if has_key else [None] * len(items)
-            eta, p10, p90, parts = score_rows(route, model, items, orders)
-            outs = {"eta_minutes": eta.tolist(), "eta_p10": p10.tolist(), "eta_p90": p90.tolist()}
-            logged: list[Any] = []
-            if recorder is not None and sent is not None:
-                e, lo, hi = outs["eta_minutes"], outs["eta_p10"], outs["eta_p90"]
-                for i, part in enumerate(parts):
-                    pick = part.rows.tolist() if part.rows is not None else range(len(items))
-                    logged.append(
-                        recorder.texts_chunk(
-                            rid,
-                            uid if i == 0 else new_request_id(),
-                            [orders[j] for j in pick],
-                            [sent[j] for j in pick],
-                            part.X,
-                            [e[j] for j in pick],
-                            [lo[j] for j in pick],
-                            [hi[j] for j in pick],
-                            part.model.version,
-                            part.arm,
-                        )
-                    )
-            return outs, logged, parts, orders
-
-        outs, logged, parts, orders = run() if len(items) <= 256 else await asyncio.to_thread(run)
-        if recorder is not None:
-            for chunk in logged:
-                recorder.submit(chunk)
-        n = len(items)
-        if len(parts) == 1:
-            version, params = parts[0].model.version, {"arm": parts[0].arm}
-        else:
-            cand = next(p for p in parts if p.arm == "candidate")
-            rows_of = cand.rows.tolist() if cand.rows is not None else []
-            version = model.version
-            params = {
-                "arm": "mixed",
-                "candidate_version": cand.model.version,
-                "candidate_rows": ",".join(map(str, rows_of)),
+        ans = await core.score(batch, rid, uid)
+        n = len(batch.items)
+        if any(binary):
+            tensors: list[dict[str, Any]] = []
+            blobs: list[bytes] = []
+            for w, as_bytes in zip(wanted, binary, strict=True):
+                t: dict[str, Any] = {"name": w, "datatype": "FP64", "shape": [n]}
+                values = ans.outputs[w]
+                if as_bytes:
+                    blob = values.astype("<f8", copy=False).tobytes()
+                    t["parameters"] = {"binary_data_size": len(blob)}
+                    blobs.append(blob)
+                else:
+                    t["data"] = values.tolist()
+                tensors.append(t)
+            head: dict[str, Any] = {
+                "model_name": MODEL_NAME,
+                "model_version": ans.version,
+                "outputs": tensors,
             }
-        resp = InferResponse(
-            MODEL_NAME,
-            version,
-            [OutTensor(w, "FP64", [n], outs[w]) for w in wanted],
-            req.id,
-            params,
-        )
-        answer = Response(_enc.encode(resp), media_type=JSON)
-        if route is not None and route.shadow:  # scored off the response path
-
-            async def shadow() -> None:
-                cand_model = route.candidate
-                X = features(cand_model, items)
-                e, lo, hi = (a.tolist() for a in cand_model.predict(X))
-                if recorder is not None and sent is not None:
-                    recorder.submit(
-                        recorder.texts_chunk(
-                            rid,
-                            new_request_id(),
-                            orders,
-                            sent,
-                            X,
-                            e,
-                            lo,
-                            hi,
-                            cand_model.version,
-                            "shadow",
-                        )
-                    )
-
-            answer.background = BackgroundTask(shadow)
+            if req.id is not None:
+                head["id"] = req.id
+            head["parameters"] = ans.parameters
+            json_head = _enc.encode(head)
+            answer = Response(
+                b"".join([json_head, *blobs]),
+                media_type="application/octet-stream",
+                headers={"Inference-Header-Content-Length": str(len(json_head))},
+            )
+        else:
+            resp = InferResponse(
+                MODEL_NAME,
+                ans.version,
+                [OutTensor(w, "FP64", [n], ans.outputs[w].tolist()) for w in wanted],
+                req.id,
+                ans.parameters,
+            )
+            answer = Response(_enc.encode(resp), media_type=JSON)
+        if ans.shadow is not None:
+            answer.background = BackgroundTask(ans.shadow)
         return answer
 
     return [server_meta, v2_live, v2_ready, model_meta, model_ready, infer]

@@ -17,11 +17,15 @@ writer splits the body into the rows' inputs and packs the columns into the stor
 batches on the store's thread. With ``PREDICTION_LOG=off`` the routes build and submit
 nothing; the store still takes feedback.
 
-Cost (bench/RESULTS.md, "Prediction log cost"): building and queueing the rows is ~1.5 µs
-per single-row request and ~1 µs per batch row on the event loop; writing them is the
-store's work, on its own thread of this process: ~2.5-3 µs per batch row and ~3-6 µs per
-single-row request (packing and encoding the batch in Python, then the kernel's share of
-writing ~0.5 kB per row: SQLite's WAL and database file, or the socket to PostgreSQL).
+Cost (bench/RESULTS.md, "Prediction log cost", measured in process by
+``bench/http/log_cost.py``): on the event loop nothing runs per logged row (~0.6 µs per
+single-row request, nothing measurable per batch row). The work is the store's, on its
+own thread of this process and so on the same core: splitting the body into the rows'
+inputs and encoding the columns (~1.8 µs per batch row), then writing ~0.5 kB per row
+(SQLite: its WAL, then the checkpoint into the database file; PostgreSQL: the socket),
+~2.8 µs per batch row in all (was 5.6 with one PredictionRow per row) and ~9 µs per
+single-row request (one chunk, one key and a share of the commit each), against ~12 µs
+per batch row and ~25–70 µs per single request of serving.
 When the store cannot keep up, the queue fills (``PredictionLog.max_queue``) and the
 excess is spooled and replayed later.
 ``intellilog serve --workers N`` gives every worker its own log over the same store and,

@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -47,13 +49,14 @@ BATCH_N, BATCH_C, BATCH_ROWS = 60, 4, 256
 
 def _patch_store(mode: str) -> None:
     """Make the SQLite and PostgreSQL stores' prediction writes cheaper per ``mode``."""
-    from server.store.batches import encode, pack, pack_chunks
+    from server.store import batches
+    from server.store.batches import encode, pack
     from server.store.postgres import PostgresStore
     from server.store.sqlite import SqliteStore
 
     def packed(chunks: Any) -> int:
         n = 0
-        for b in pack_chunks(chunks, "bench"):
+        for b in batches.pack_chunks(chunks, "bench"):  # type: ignore[attr-defined]
             encode(b, "bench")
             b.latest_orders()
             n += b.n
@@ -124,15 +127,16 @@ async def _measure(app: Any, one: bytes, batch: bytes, rounds: int) -> dict[str,
             raise RuntimeError(f"{path} answered {status}")
 
     def store_seconds() -> float:
-        """CPU seconds of the store's own thread so far (0 without one)."""
+        """CPU seconds so far of the threads other than the event loop's (the store's
+        thread, and the worker threads of ``pack``)."""
         total = 0.0
-        for tid in os.listdir(f"/proc/{os.getpid()}/task"):
-            comm = Path(f"/proc/{os.getpid()}/task/{tid}/comm").read_text().strip()
-            if comm.startswith(("intellilog-sqli", "intellilog-post")) or comm.startswith(
-                "asyncio_"
-            ):
-                fields = Path(f"/proc/{os.getpid()}/task/{tid}/stat").read_text().split()
-                total += (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+        for t in threading.enumerate():
+            if t is threading.main_thread() or t.native_id is None:
+                continue
+            with contextlib.suppress(OSError):
+                stat = Path(f"/proc/self/task/{t.native_id}/stat").read_text()
+                fields = stat.rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         return total
 
     rec = app.recorder

@@ -493,9 +493,24 @@ def launch_postgres(cpu: str | None) -> Any:
 
     pg = PgServer.launch()
     if cpu is not None:
+        # the postmaster (backends forked later inherit its core) and the processes it
+        # has started already (checkpointer, WAL writer, ...)
         pid = int((pg.data / "postmaster.pid").read_text().split()[0])
-        os.sched_setaffinity(pid, {int(cpu)})  # backends forked later inherit it
+        for proc in [pid, *_children(pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(proc, {int(cpu)})
     return pg
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                stat = (entry / "stat").read_text()
+                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(entry.name))
+    return out
 
 
 def summarise(res: dict[str, dict[str, Any]]) -> dict[str, Any]:

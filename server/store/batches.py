@@ -39,7 +39,7 @@ from __future__ import annotations
 import array
 import itertools
 import operator
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -393,7 +393,7 @@ def _stack(mats: list[np.ndarray], n: int, where: str) -> bytes:
 
 def _batch(
     key: tuple[str, str, str, int],
-    cols: tuple[list[Any], ...],
+    cols: tuple[Sequence[Any], ...],
     blob: bytes,
     sizes: Sequence[int],
     features: bytes,
@@ -546,14 +546,15 @@ def pack_chunks(chunks: Sequence[PredictionChunk], where: str) -> list[Batch]:
         for v in vals:
             if not isinstance(v, str):
                 raise StoreDataError(f"{where}: rows refused: {name} must be a string, got {v!r}")
-    groups: dict[tuple[str, str, str, int], list[PredictionChunk]]
+    groups: Mapping[tuple[str, str, str, int], Sequence[PredictionChunk]]
     if len(tenants) == len(versions) == len(arms) == len(widths) == 1:
         groups = {(tenants.pop(), versions.pop(), arms.pop(), widths.pop()): chunks}
     else:
-        groups = {}
+        found: dict[tuple[str, str, str, int], list[PredictionChunk]] = {}
         for c in chunks:
             k = (c.tenant, c.model_version, c.arm, c.features.shape[-1] * FEATURE_DTYPE.itemsize)
-            groups.setdefault(k, []).append(c)
+            found.setdefault(k, []).append(c)
+        groups = found
     out: list[Batch] = []
     for key, members in groups.items():
         if sum(map(len, _column(members, "order_ids"))) <= MAX_BATCH_ROWS:

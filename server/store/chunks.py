@@ -76,10 +76,9 @@ class PredictionChunk(msgspec.Struct, eq=False, gc=False):
     ``p90`` the answers (lists or arrays). The chunk is queued as it is, not copied: the
     caller must not change these afterwards.
 
-    ``gc=False``: the garbage collector does not track chunks (they hold no reference
-    cycles). Tracked, the thousands of chunks a busy log queues were promoted to the
-    oldest generation and made full collections frequent: ~15 µs per single-row request
-    on the server's core.
+    ``gc=False``, as :class:`~server.store.PredictionRow`: the garbage collector does not
+    track chunks (they hold no reference cycles), so the thousands a busy log queues are
+    not promoted through its generations and scanned by every full collection.
     """
 
     request_id: str
