@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 REPO = Path(__file__).resolve().parent.parent
@@ -179,6 +180,16 @@ def main(argv: list[str] | None = None) -> int:
             for w in args.workers.split(",")
         ],
     }
+    # the outputs themselves: the Dask parts, in order, equal the single-machine file
+    single_table = pq.read_table(work / "single.parquet")
+    for d in res["dask"]:
+        parts = sorted((work / f"dask{d['workers']}").glob("part-*.parquet"))
+        dask_table = pa.concat_tables(pq.read_table(p) for p in parts)
+        d["equal_to_single"] = dask_table.equals(single_table)
+        if not d["equal_to_single"]:
+            print(
+                f"local:{d['workers']}: output differs from single-machine score", file=sys.stderr
+            )
     base = res["single_all_cores"]["rows_per_s"]
     print(f"\n{args.rows:,} rows, partitions of {batch:,} rows, load average {load0:.2f}\n")
     print("| path | seconds | rows/s | vs single | per worker rows/s |")
@@ -194,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     for d in res["dask"]:
         per = ", ".join(f"{v:,.0f}" for v in d["per_worker_rows_per_s"].values())
         print(
-            f"| dask local:{d['workers']} (warm; cold {d['cold_seconds']:.2f} s) | "
+            f"| dask local:{d['workers']} (warm; cold {d['cold_seconds']:.2f} s; "
+            f"{'equal to' if d['equal_to_single'] else 'DIFFERS from'} single) | "
             f"{d['seconds']:.2f} | {d['rows_per_s']:,.0f} | {d['rows_per_s'] / base:.2f} | {per} |"
         )
     print("\n| cluster | start s | partitions | trivial task, batched | trivial task, round trip |")
@@ -207,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(res, indent=2))
-    return 0
+    return 0 if all(d["equal_to_single"] for d in res["dask"]) else 1
 
 
 if __name__ == "__main__":
