@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import gc
 import hmac
+import ipaddress
 import logging
 import math
 import signal
@@ -67,13 +68,15 @@ from server.models import LoadedModel
 from server.monitoring.routes import monitoring
 from server.recorder import ARM, Recorder, new_request_id
 from server.store import SchemaVersionError, StoreDataError
-from training.registry import ALIAS_RE, Registry
+from training.registry import ALIAS_RE, MAX_REF_LEN, Registry
 
 __all__ = ["create_app", "serve_app"]
 
 log = logging.getLogger("intellilog.server")
 
 JSON = "application/json"
+#: the longest version or alias name an admin body may carry (training.registry's bound)
+_MAX_REF = MAX_REF_LEN
 #: the Allow header of a 405 from the raw POST routes (RFC 9110 section 15.5.6)
 ALLOW_POST = {"allow": "POST"}
 Receive = Callable[[], Awaitable[Any]]
@@ -84,6 +87,8 @@ Send = Callable[[Any], Awaitable[None]]
 STATUS: dict[type[BaseException], tuple[int, str]] = {
     msgspec.ValidationError: (422, "validation_error"),
     msgspec.DecodeError: (400, "malformed_json"),
+    # msgspec's answer to JSON nested deeper than the interpreter's recursion limit (~1000)
+    RecursionError: (400, "malformed_json"),
     SpecError: (422, "spec_error"),
     DataError: (422, "data_error"),
     ExperimentNotFound: (404, "not_found"),
@@ -324,6 +329,39 @@ class _Buckets:
 
 
 _UNLIMITED = ("/health/", "/metrics", "/v2/health/")
+#: the longest X-Forwarded-For entry taken as a client key (an IPv6 address with a zone fits)
+_MAX_ADDR = 64
+
+
+def _trusted(addr: str, trusted: tuple[Any, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(addr.strip())
+    except ValueError:
+        return False
+    return any(ip in net for net in trusted)
+
+
+def _client_of(scope: Any, trusted: tuple[Any, ...]) -> str:
+    """The address the rate limit counts a request against.
+
+    The TCP peer, unless the peer is a trusted proxy (``TRUSTED_PROXIES``): then the
+    right-most X-Forwarded-For address that is not itself trusted. Entries to its left
+    were written by the client and can be anything, so they are never used; a peer
+    outside the trusted set cannot move a request to another bucket with the header."""
+    peer = str((scope.get("client") or ("?", 0))[0])
+    if not trusted or not _trusted(peer, trusted):
+        return peer
+    hops = [
+        part.strip()
+        for k, v in scope.get("headers", ())
+        if k == b"x-forwarded-for"
+        for part in v.decode("latin-1").split(",")
+    ]
+    for hop in reversed(hops):
+        if hop and not _trusted(hop, trusted):
+            return hop[:_MAX_ADDR]
+    # every hop is a trusted proxy: the first one is the client; no header: the peer
+    return hops[0][:_MAX_ADDR] if hops and hops[0] else peer
 
 
 class _Edge:
@@ -342,9 +380,12 @@ class _Edge:
         limiter: _Buckets | None,
         fast: dict[str, Callable[..., Awaitable[None]]] | None = None,
         recorder: Recorder | None = None,
+        trusted: tuple[Any, ...] = (),
     ) -> None:
         self.app = app
         self.limiter = limiter
+        #: TRUSTED_PROXIES: peers whose X-Forwarded-For names the client (:func:`_client_of`)
+        self.trusted = trusted
         self.fast = fast or {}
         #: the store and prediction log of the app (None outside create_app)
         self.recorder = recorder
@@ -370,8 +411,8 @@ class _Edge:
         t0 = time.perf_counter()
         status = 500
         if self.limiter is not None and not scope["path"].startswith(_UNLIMITED):
-            client = scope.get("client") or ("?", 0)
-            wait = self.limiter.take(client[0], t0)
+            client = _client_of(scope, self.trusted)
+            wait = self.limiter.take(client, t0)
             if wait > 0:
                 metrics.RATE_LIMITED.inc()
                 rid = _new_rid()
@@ -380,7 +421,7 @@ class _Edge:
                         ErrorBody(
                             429,
                             "rate_limited",
-                            f"too many requests from {client[0]}; retry in {math.ceil(wait)} s",
+                            f"too many requests from {client}; retry in {math.ceil(wait)} s",
                         ),
                         rid,
                     )
@@ -944,7 +985,10 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
 
         AliasChange = msgspec.defstruct(
             "AliasChange",
-            [("version", str | None, None), ("alias", str, settings.model_alias)],
+            [
+                ("version", Annotated[str, Meta(max_length=_MAX_REF)] | None, None),
+                ("alias", Annotated[str, Meta(max_length=_MAX_REF)], settings.model_alias),
+            ],
             forbid_unknown_fields=True,
         )
 
@@ -1108,7 +1152,13 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
     # full collections walked it every few seconds under load (85-115 ms pauses)
     gc.collect()
     gc.freeze()
-    return _Edge(app, limiter, fast={"/v1/predict": predict_one}, recorder=rec)
+    return _Edge(
+        app,
+        limiter,
+        fast={"/v1/predict": predict_one},
+        recorder=rec,
+        trusted=settings.trusted_networks,
+    )
 
 
 #: what each error status means, whichever route answers it (the body is ErrorResponse)
@@ -1251,13 +1301,15 @@ def _document(
     paths["/v1/feedback"] = PathItem(post=fb)
 
     # the admin alias bodies: promote needs a version; the alias defaults to MODEL_ALIAS
-    alias = Schema(type=OpenAPIType.STRING, pattern=f"^{ALIAS_RE.pattern}$")
+    alias = Schema(type=OpenAPIType.STRING, pattern=f"^{ALIAS_RE.pattern}$", max_length=_MAX_REF)
     for path, needs_version in (("/v1/admin/promote", True), ("/v1/admin/rollback", False)):
         admin_op = paths[path].post if path in paths else None
         if admin_op is not None:
             props = {"alias": alias}
             if needs_version:
-                props["version"] = Schema(type=OpenAPIType.STRING, min_length=1)
+                props["version"] = Schema(
+                    type=OpenAPIType.STRING, min_length=1, max_length=_MAX_REF
+                )
             admin_op.request_body = RequestBody(
                 content={
                     JSON: OpenAPIMediaType(

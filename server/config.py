@@ -6,6 +6,7 @@ the value and what is allowed.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -15,7 +16,15 @@ from typing import Any
 
 from kernels.errors import ConfigError
 
-__all__ = ["DEFAULT_ENGINE", "ENGINES", "Settings", "load_dotenv", "load_settings"]
+__all__ = [
+    "DEFAULT_ENGINE",
+    "ENGINES",
+    "MIN_PRODUCTION_TOKEN",
+    "Settings",
+    "load_dotenv",
+    "load_settings",
+    "parse_networks",
+]
 
 ENGINES = ("onnx", "numba", "compiled", "lightgbm", "hummingbird")
 #: The one default engine of the server and of every command that loads a model: the
@@ -25,6 +34,10 @@ DEFAULT_ENGINE = "compiled"
 _SQLITE = "sqlite:///"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+#: the shortest ADMIN_TOKEN a production server starts with (a short bearer token can be
+#: guessed over the network; 16 random characters cannot)
+MIN_PRODUCTION_TOKEN = 16
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True)
@@ -45,6 +58,9 @@ class Settings:
     model_alias: str = "production"
     admin_token: str = ""
     rate_limit_per_minute: float = 0.0  # per client address; 0 = off
+    # peers (IPs or CIDRs, comma-separated) whose X-Forwarded-For names the client of the
+    # rate limit; "" = the header is never trusted (the TCP peer is the client)
+    trusted_proxies: str = ""
     max_batch_size: int = 10_000
     # concurrent /v1/predict requests are predicted together, up to this many rows per
     # engine call (server.app.MicroBatcher); 1 = every request on its own
@@ -107,6 +123,11 @@ class Settings:
                 return Path(db).parent / "intellilog.spool"
         return Path("intellilog.spool")
 
+    @property
+    def trusted_networks(self) -> tuple[Network, ...]:
+        """``TRUSTED_PROXIES`` parsed (validated by :func:`load_settings`)."""
+        return parse_networks(self.trusted_proxies)
+
 
 _ENV = {
     "environment": "ENVIRONMENT",
@@ -123,6 +144,7 @@ _ENV = {
     "model_alias": "MODEL_ALIAS",
     "admin_token": "ADMIN_TOKEN",
     "rate_limit_per_minute": "RATE_LIMIT_PER_MINUTE",
+    "trusted_proxies": "TRUSTED_PROXIES",
     "max_batch_size": "MAX_BATCH_SIZE",
     "micro_batch_max": "MICRO_BATCH_MAX",
     "max_body_mb": "MAX_BODY_MB",
@@ -181,6 +203,24 @@ def load_dotenv(path: str | Path = ".env") -> dict[str, str]:
     return out
 
 
+def parse_networks(text: str, var: str = "TRUSTED_PROXIES") -> tuple[Network, ...]:
+    """Comma-separated IP addresses or CIDR blocks (``10.0.0.0/8,::1``) as networks; a
+    bad entry raises ConfigError naming it."""
+    out: list[Network] = []
+    for raw in text.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        try:
+            out.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ConfigError(
+                f"{var}: {item!r} is not an IP address or CIDR block "
+                "(e.g. 10.0.0.1, 10.0.0.0/8, fd00::/8)"
+            ) from None
+    return tuple(out)
+
+
 def _convert(name: str, var: str, raw: str, default: Any) -> Any:
     if isinstance(default, bool):
         v = raw.strip().lower()
@@ -235,6 +275,13 @@ def load_settings(
     if s.rate_limit_per_minute < 0:
         raise ConfigError(
             f"RATE_LIMIT_PER_MINUTE={s.rate_limit_per_minute!r}: must be >= 0 (0 = off)"
+        )
+    parse_networks(s.trusted_proxies)
+    if s.environment == "production" and 0 < len(s.admin_token) < MIN_PRODUCTION_TOKEN:
+        raise ConfigError(  # the token itself is never printed (errors are logged)
+            f"ADMIN_TOKEN is {len(s.admin_token)} characters: ENVIRONMENT=production needs at "
+            f"least {MIN_PRODUCTION_TOKEN} (e.g. `python -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))'`), or leave it empty for no admin API"
         )
     if not 1 <= s.max_batch_size <= 1_000_000 or s.max_batch_size != int(s.max_batch_size):
         raise ConfigError(

@@ -67,7 +67,9 @@ __all__ = [
     "DEFAULT_ROOT",
     "ENV_VAR",
     "MANIFEST",
+    "MAX_REF_LEN",
     "Registry",
+    "check_ref",
 ]
 
 #: Environment variable naming the registry folder.
@@ -79,7 +81,10 @@ MANIFEST = "manifest.json"
 #: Valid alias names.
 ALIAS_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 
-_VERSION_RE = re.compile(r"v([1-9][0-9]*)")
+#: The longest version or alias name accepted anywhere (routes, CLI, the registry).
+MAX_REF_LEN = 64
+
+_VERSION_RE = re.compile(r"v([1-9][0-9]{0,17})")
 _ALIASES = "aliases.json"
 _STAGING = ".staging"
 _LOCK = ".lock"
@@ -140,11 +145,33 @@ def _version_number(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def _shown(ref: object) -> str:
+    """``repr(ref)`` cut to a length that fits one line of an error message."""
+    text = repr(ref)
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(str(ref))} characters)"
+
+
+def check_ref(ref: object) -> str:
+    """Return ``ref`` if it can name a version (``v7``) or an alias, else raise
+    ModelLoadError. Names reach file paths (``versions/<name>``) and object keys, so only
+    these two ASCII shapes pass: no ``/``, ``..``, NUL, look-alike letters or long text."""
+    if (
+        isinstance(ref, str)
+        and len(ref) <= MAX_REF_LEN
+        and (_version_number(ref) is not None or ALIAS_RE.fullmatch(ref))
+    ):
+        return ref
+    raise ModelLoadError(
+        f"bad model reference {_shown(ref)}: name a version (v1, v2, ...) or an alias "
+        "(lowercase letters, digits, '_' or '-', a letter first, at most 32 characters)"
+    )
+
+
 def _check_alias(alias: str) -> str:
     """Return ``alias`` if it is a valid alias name, else raise ConfigError."""
     if not isinstance(alias, str) or not ALIAS_RE.fullmatch(alias):
         raise ConfigError(
-            f"bad alias name {alias!r}: use 1-32 characters, a lowercase letter first, "
+            f"bad alias name {_shown(alias)}: use 1-32 characters, a lowercase letter first, "
             "then lowercase letters, digits, '_' or '-' (e.g. 'production', 'candidate')"
         )
     if _version_number(alias) is not None:
@@ -505,8 +532,7 @@ class Registry:
         Raises :class:`ModelLoadError` for anything unknown, naming the versions and
         aliases that do exist (or how to train a first model when there are none).
         """
-        if not isinstance(ref, str):
-            raise ModelLoadError(f"model reference must be a version or alias name, got {ref!r}")
+        check_ref(ref)
         existing = self.versions()
         if _version_number(ref) is not None:
             if ref in existing:

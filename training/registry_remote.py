@@ -138,13 +138,27 @@ class RemoteStore:
         return f"{self.url}/{rel}"
 
     def _key(self, rel: str) -> str:
+        """The store key of ``rel``; refuses a path that could leave the registry's prefix
+        (``..``, an absolute path, NUL or a backslash), whatever name it was built from."""
+        parts = rel.split("/")
+        if (
+            not rel
+            or rel.startswith("/")
+            or any(p in ("", ".", "..") for p in parts)
+            or "\x00" in rel
+            or "\\" in rel
+        ):
+            raise ModelLoadError(
+                f"refusing object path {rel[:80]!r} under {self.url}: not a plain path "
+                "inside the registry"
+            )
         return f"{self.base}/{rel}"
 
     @contextmanager
     def _reading(self, rel: str) -> Iterator[None]:
         try:
             yield
-        except FileNotFoundError:
+        except (FileNotFoundError, ModelLoadError):  # ModelLoadError: a refused path
             raise
         except Exception as exc:
             raise ModelLoadError(
@@ -156,7 +170,7 @@ class RemoteStore:
     def _writing(self, rel: str) -> Iterator[None]:
         try:
             yield
-        except FileExistsError:
+        except (FileExistsError, ModelLoadError):  # ModelLoadError: a refused path
             raise
         except Exception as exc:
             raise ConfigError(

@@ -16,11 +16,12 @@ refreshes its routing at once; other workers follow within ``RELOAD_INTERVAL_S``
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.params import FromPath
+from msgspec import Meta
 
 from kernels.errors import StoreError
 from server.experiments import service
@@ -34,13 +35,16 @@ _JSON = "application/json"
 _enc = msgspec.json.Encoder()
 
 
+_Reason = Annotated[str, Meta(max_length=service.MAX_REASON)]
+
+
 class StopBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    reason: str = ""
+    reason: _Reason = ""
 
 
 class ConcludeBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    decision: str | None = None
-    reason: str = ""
+    decision: Annotated[str, Meta(max_length=32)] | None = None
+    reason: _Reason = ""
 
 
 def experiment_routes(

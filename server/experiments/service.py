@@ -26,10 +26,11 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import numpy as np
+from msgspec import Meta
 
 from kernels.errors import ConfigError, ModelLoadError
 from server.experiments import ARCHIVE, ARMS, CONTINUE, DECISIONS, MODES, PROMOTE
@@ -37,11 +38,12 @@ from server.models import model_spec
 from server.monitoring.quality import tolerance_minutes_for
 from server.store import Experiment, JoinedRow, Store
 from training import abstats
-from training.registry import Registry
+from training.registry import MAX_REF_LEN, Registry
 
 __all__ = [
     "ARMS",
     "DECISIONS",
+    "MAX_REASON",
     "MODES",
     "ExperimentConflict",
     "ExperimentNotFound",
@@ -68,18 +70,22 @@ class UnknownCandidate(ConfigError):
     """The candidate names no registered version (HTTP 422 at ``$.candidate``)."""
 
 
+#: the longest reason an experiment or alias change records (HTTP bodies are held to it)
+MAX_REASON = 1000
+
+
 class StartOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """What starting an experiment takes (the admin route's body, the CLI's flags)."""
 
-    candidate: str
-    mode: str = "shadow"
+    candidate: Annotated[str, Meta(max_length=MAX_REF_LEN)]
+    mode: Annotated[str, Meta(max_length=32)] = "shadow"
     split: float = 0.5
     hours: float = 48.0
     mde: float = 0.05
     power: float = 0.8
     alpha: float = 0.05
     sequential: bool = True
-    reason: str = ""
+    reason: Annotated[str, Meta(max_length=MAX_REASON)] = ""
 
 
 def _new_id(now: float) -> str:
