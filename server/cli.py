@@ -750,7 +750,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=None,
         help="also serve the KServe V2 gRPC protocol on this port (same host; every worker "
-        "shares it with SO_REUSEPORT; needs intellilog[grpc]); default: GRPC_PORT, 0 = off",
+        "shares it with SO_REUSEPORT; needs intellilog[grpc]); default: $GRPC_PORT (0 or "
+        "unset: no gRPC)",
     )
     reg_opt(v2)
     v2.set_defaults(fn=cmd_serve)

@@ -23,7 +23,8 @@ converting its numpy columns and reading the outputs back as numpy each time, so
 client's own encoding and decoding count. Before measuring, each protocol's answer is
 checked equal to the JSON answer, bit for bit. Request bytes per row are reported too.
 
-Run (about 4 minutes with ``--registry``; training adds about one)::
+Run (about 1.5 minutes a round with ``--registry``, more while it waits for a quiet
+machine; training adds about one)::
 
     .venv/bin/python bench/http/v2_protocols.py [--registry DIR] [--rounds 3] [--seconds 3]
 

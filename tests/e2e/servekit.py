@@ -37,6 +37,9 @@ INTELLILOG = BIN / "intellilog"
 #: Product settings (server/config.py) and process settings that must not leak into the
 #: servers and CLI runs the tests start.
 ENV_VARS = (
+    "GRPC_PORT",
+    "GRPC_HOST",
+    "TRUSTED_PROXIES",
     "ENVIRONMENT",
     "TENANT_ID",
     "DATABASE_URL",

@@ -665,3 +665,14 @@ def test_serve_refuses_a_grpc_port_it_cannot_have(models: Any, tmp_path: Path) -
             )
             assert res.returncode != 0 and needle in res.stderr, res.stderr
             assert "Traceback" not in res.stderr and res.stderr.startswith("error:"), res.stderr
+
+
+def test_without_grpcio_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from kernels.errors import ConfigError
+    from server.grpc import require_grpc
+
+    monkeypatch.setitem(sys.modules, "grpc", None)  # as if grpcio were not installed
+    with pytest.raises(ConfigError, match=r"grpc is missing\): install `intellilog\[grpc\]`"):
+        require_grpc()
