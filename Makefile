@@ -5,16 +5,29 @@ BIN := $(VENV)/bin
 ROWS ?= 200000
 export MODEL_ARTIFACT_PATH ?= ./models
 
-.PHONY: venv demo test lint monitoring clean
+.PHONY: venv demo test lint monitoring clean lock
 
-# Create the environment once; re-install when the project metadata changes.
-$(VENV)/.installed: pyproject.toml setup.py
+# Create the environment once; re-install when the project metadata or the lock changes.
+# Every package comes from requirements/dev.lock (exact versions, sha256 hashes checked),
+# then the project itself without dependencies: a fresh clone installs the same versions
+# every time.
+$(VENV)/.installed: pyproject.toml setup.py requirements/dev.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --require-hashes -r requirements/dev.lock
+	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $@
 
 venv: $(VENV)/.installed
+
+# Refresh the lock files after changing dependencies in pyproject.toml (needs the package
+# registry): base, dev and one per extra, universal (any platform), for Python 3.11.
+EXTRAS := dask mlflow s3 grpc gpu
+lock: venv
+	$(BIN)/python -m pip install -q uv
+	$(BIN)/uv pip compile pyproject.toml --generate-hashes --universal --python-version 3.11 -q -o requirements/base.lock
+	$(BIN)/uv pip compile pyproject.toml --extra dev --generate-hashes --universal --python-version 3.11 -q -o requirements/dev.lock
+	for e in $(EXTRAS); do $(BIN)/uv pip compile pyproject.toml --extra $$e --generate-hashes --universal --python-version 3.11 -q -o requirements/$$e.lock || exit 1; done
 
 PORT ?= 8000
 
