@@ -15,6 +15,7 @@ never gated: only the ratios are.
 * HTTP single row: the raw-RSGI ceiling's server CPU per request / ours (equal to the
   ratio of their request rates when the server's core is saturated, and unlike req/s
   independent of the speed of the pure-Python load generator CI has to use);
+* soak: ``bench/soak.py`` for one minute (its own first-vs-last-window judge);
 * ``test_planted_slowdown_trips_the_gate``: an extra matrix copy plus the forest walked
   seven times per call must fail an engine gate.
 """
@@ -360,3 +361,29 @@ def test_http_single_row_gate(benchmark: Any, servers: dict[str, Any]) -> None:
     print(f"http single row, ceiling CPU/request over ours: {ratio:.2f}")
     budget = BUDGETS["http_single_row"]["min_ratio"]
     assert ratio >= budget, f"HTTP single-row ratio {ratio:.2f} under budget {budget}"
+
+
+@pytest.mark.slow
+def test_one_minute_soak_gate(tmp_path: Path) -> None:
+    """``bench/soak.py --minutes 1`` (about 70 s): 60 s of mixed load with one model swap
+    must pass its own judge (no failed request, RSS and fds flat after warm-up, no p99
+    drift between its first and last window, both measured in this run)."""
+    from bench import soak
+
+    out = tmp_path / "soak.json"
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "soak.py"), "--minutes", "1", "--json", str(out)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    a = json.loads(out.read_text())
+    assert a["passed"] and a["reasons"] == []
+    for route in (*soak.LOAD_ROUTES, "metrics", "promote"):
+        assert a["routes"][route]["requests"] > 0, route
+    assert a["routes"]["predict"]["requests"] >= 1000  # 30/s for 60 s, less start-up jitter
+    assert [s["version"] for s in a["swaps"]] == ["v2"]
+    assert a["versions_seen"].get("v1", 0) > 0 and a["versions_seen"].get("v2", 0) > 0
+    assert a["memory"]["processes"] >= 1 and a["memory"]["rss_last_mib"] > 0

@@ -1,23 +1,11 @@
-"""The soak test (``bench/soak.py``): its judge, then a one-minute run against a real server.
-
-The judge is fed made-up samples so that each failure rule is seen to fire (and a clean
-run to pass); the one-minute run (about 70 s: training two small models, starting
-``intellilog serve``, 60 s of mixed load with one model swap) must pass end to end, with
-every route loaded and the swap seen in the answers.
+"""The soak test's judge (``bench/soak.py``), fed made-up samples so that each failure
+rule is seen to fire and a clean run to pass. The one-minute run against a real server
+judges latency, so it is a gate: ``bench/test_gates.py::test_one_minute_soak_gate``.
 """
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
-import pytest
-
 from bench import soak
-
-ROOT = Path(__file__).resolve().parents[2]
 
 CFG = soak.SoakConfig(minutes=1.0, windows=5, swap_s=60.0)
 
@@ -88,24 +76,3 @@ def test_a_missing_swap_fails() -> None:
     res = clean_result()
     res.swaps = []
     assert soak.analyse(CFG, res)["reasons"] == ["0 model swaps took, 1 were due"]
-
-
-@pytest.mark.slow
-def test_one_minute_soak_against_a_real_server_passes(tmp_path: Path) -> None:
-    out = tmp_path / "soak.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "soak.py"), "--minutes", "1", "--json", str(out)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    a = json.loads(out.read_text())
-    assert a["passed"] and a["reasons"] == []
-    for route in (*soak.LOAD_ROUTES, "metrics", "promote"):
-        assert a["routes"][route]["requests"] > 0, route
-    assert a["routes"]["predict"]["requests"] >= 1000  # 30/s for 60 s, less start-up jitter
-    assert [s["version"] for s in a["swaps"]] == ["v2"]
-    assert a["versions_seen"].get("v1", 0) > 0 and a["versions_seen"].get("v2", 0) > 0
-    assert a["memory"]["processes"] >= 1 and a["memory"]["rss_last_mib"] > 0
