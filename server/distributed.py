@@ -62,7 +62,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any, TextIO
@@ -72,7 +72,6 @@ import lightgbm as lgb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from kernels.errors import ConfigError, DataError, IntelliLogError, ModelLoadError
@@ -80,12 +79,21 @@ from kernels.features import Columns, Pipeline
 from kernels.spec import FeatureSpec
 from server.config import DEFAULT_ENGINE
 from server.models import LoadedModel, load_model
-from server.score import ScoreReport, _key_column, _peak_rss_mb
+from server.score import (
+    ScoreReport,
+    empty_output,
+    key_column,
+    peak_rss_mb,
+    score_batch,
+)
+from training.atomic import output_error, write_text_atomic
 from training.io import (
-    _check_columns,
-    _check_readable,
-    _csv_convert,
-    _csv_header,
+    check_columns,
+    check_readable,
+    csv_block_size,
+    csv_header,
+    file_format,
+    read_csv_block,
     to_columns,
     write_table,
 )
@@ -388,9 +396,8 @@ def _input_files(src: Path) -> list[Path]:
         if not files:
             raise DataError(f"{src}: folder holds no .parquet or .csv files")
         return files
-    _check_readable(src)
-    if src.suffix.lower() not in _INPUT_SUFFIXES:
-        raise DataError(f"{src}: unsupported file type (use .parquet or .csv)")
+    check_readable(src)
+    file_format(src)
     return [src]
 
 
@@ -412,19 +419,19 @@ def _plan(src: str, spec: FeatureSpec, batch_rows: int) -> list[_Part]:
     """(On a worker.) The partitions of ``src``; reads only metadata, headers and the
     bytes around CSV block ends. Checks columns as the single-machine reader does."""
     parts: list[_Part] = []
-    block = max(1 << 20, batch_rows * 100)  # the single-machine CSV reader's block size
+    block = csv_block_size(batch_rows)  # the single-machine CSV reader's
     for p in _input_files(Path(src)):
-        kind = "parquet" if p.suffix.lower() in (".parquet", ".pq") else "csv"
+        kind = file_format(p)
         try:
             if kind == "parquet":
                 pf = pq.ParquetFile(p)
-                _check_columns(p, pf.schema_arrow.names, spec, False)
+                check_columns(p, pf.schema_arrow.names, spec, False)
                 for rg in range(pf.metadata.num_row_groups):
                     n = pf.metadata.row_group(rg).num_rows
                     parts.append(_Part(len(parts), str(p), kind, row_group=rg, rows=n))
             else:
-                names = _csv_header(p)
-                _check_columns(p, names, spec, False)
+                names = csv_header(p)
+                check_columns(p, names, spec, False)
                 size = p.stat().st_size
                 with p.open("rb") as f:
                     start = _line_end(f, 0, size)
@@ -468,10 +475,7 @@ def _read_part(part: _Part, spec: FeatureSpec, batch_rows: int) -> Iterator[pa.T
                 f"{p}: a quoted value with a line break crosses byte {part.end} (a block "
                 "boundary); score this file without --dask or convert it to Parquet"
             )
-        yield pacsv.read_csv(
-            pa.BufferReader(part.header + body),
-            convert_options=_csv_convert(spec, list(part.names)),
-        )
+        yield read_csv_block(part.header + body, part.names, spec)
     except DataError:
         raise
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
@@ -486,39 +490,37 @@ def _read_part(part: _Part, spec: FeatureSpec, batch_rows: int) -> Iterator[pa.T
         ) from None
 
 
-def _empty_output(key: str | None) -> pa.Table:
-    return pa.table(
-        {
-            (key or "row"): pa.array([], pa.string() if key else pa.int64()),
-            "eta_minutes": pa.array([], pa.float64()),
-            "eta_p10": pa.array([], pa.float64()),
-            "eta_p90": pa.array([], pa.float64()),
-            "model_version": pa.array([], pa.string()),
-        }
-    )
-
-
-@dataclass
-class _Scored:
-    """A scored partition, kept on its worker until its first row number is known."""
+@dataclass(frozen=True)
+class _PartStats:
+    """What one partition's tasks did; completed by :func:`_write_part`."""
 
     index: int
     rows: int
     scored: int
     rejected: int
-    out: pa.Table  # "row" numbered from 0 within the partition when there is no key column
-    rejects: pa.Table | None  # "row" numbered from 0 within the partition
     engine_s: float
-    busy_s: float
+    busy_s: float  # read + score (+ write, once written) seconds
     worker: str
     rows_gpu: int
     describe: dict[str, Any]
-    started: float  # wall clock (time.time) on the worker
+    started: float  # wall clock (time.time) on the worker: scoring began
+    ended: float = 0.0  # writing ended
+    rss_mb: float = 0.0  # the worker's peak RSS once written
+
+
+@dataclass(frozen=True)
+class _Scored:
+    """A scored partition, kept on its worker until its first row number is known."""
+
+    stats: _PartStats
+    out: pa.Table  # "row" numbered from 0 within the partition when there is no key column
+    rejects: pa.Table | None  # "row" numbered from 0 within the partition
 
 
 def _score_part(part: _Part, ref: _ModelRef, batch_rows: int) -> _Scored:
-    """(On a worker.) Read, validate, featurise and predict one partition: the body of
-    :func:`server.score.score_file`'s loop, with partition-local row numbers."""
+    """(On a worker.) Read, validate, featurise and predict one partition with
+    :func:`server.score.score_batch`, as :func:`server.score.score_file` does each batch,
+    with partition-local row numbers."""
     t0, started = time.perf_counter(), time.time()
     model, lock = _model(ref)
     spec = model.pipe.spec
@@ -529,46 +531,25 @@ def _score_part(part: _Part, ref: _ModelRef, batch_rows: int) -> _Scored:
     engine_s = 0.0
     key: str | None = None
     for table in _read_part(part, spec, batch_rows):
-        n = table.num_rows
         conv = to_columns(table, model.pipe)
-        key = _key_column(table, spec.key)
-        if conv.n_valid:
-            X = model.pipe.matrix(conv.columns)
-            with lock:
-                te = time.perf_counter()
-                eta, p10, p90 = model.predict(X)
-                engine_s += time.perf_counter() - te
-            idx = np.flatnonzero(conv.valid)
-            cols: dict[str, Any] = {}
-            if key:
-                cols[key] = table.column(key).take(pa.array(idx)).cast(pa.string())
-            else:
-                cols["row"] = pa.array(idx + first_row, pa.int64())
-            cols["eta_minutes"] = pa.array(eta, pa.float64())
-            cols["eta_p10"] = pa.array(p10, pa.float64())
-            cols["eta_p90"] = pa.array(p90, pa.float64())
-            cols["model_version"] = pa.array([model.version] * len(idx), pa.string())
-            outs.append(pa.table(cols))
-        if len(conv.reject_rows):
-            r = conv.reject_rows
-            rcols: dict[str, Any] = {"row": pa.array(r + first_row, pa.int64())}
-            if key:
-                rcols[key] = table.column(key).take(pa.array(r)).cast(pa.string())
-            rcols["reason"] = pa.array(conv.reject_reasons, pa.string())
-            rejs.append(pa.table(rcols))
-        first_row += n
+        b = score_batch(table, conv, model, first_row, lock)
+        key = b.key
+        engine_s += b.engine_s
+        if b.out is not None:
+            outs.append(b.out)
+        if b.rejects is not None:
+            rejs.append(b.rejects)
+        first_row += table.num_rows
         scored += conv.n_valid
         rejected += len(conv.reject_rows)
     if key is None and part.kind == "parquet":  # no batch: the key from the file's schema
-        key = _key_column(pq.read_schema(part.path).empty_table(), spec.key)
-    out = pa.concat_tables(outs) if outs else _empty_output(key)
-    return _Scored(
+        key = key_column(pq.read_schema(part.path).empty_table(), spec.key)
+    out = pa.concat_tables(outs) if outs else empty_output(key)
+    stats = _PartStats(
         index=part.index,
         rows=first_row,
         scored=scored,
         rejected=rejected,
-        out=out,
-        rejects=pa.concat_tables(rejs) if rejs else None,
         engine_s=engine_s,
         busy_s=time.perf_counter() - t0,
         worker=_worker_name(),
@@ -576,10 +557,11 @@ def _score_part(part: _Part, ref: _ModelRef, batch_rows: int) -> _Scored:
         describe=model.describe(),
         started=started,
     )
+    return _Scored(stats, out, pa.concat_tables(rejs) if rejs else None)
 
 
 def _rows_of(s: _Scored) -> int:
-    return s.rows
+    return s.stats.rows
 
 
 def _part_name(index: int, width: int) -> str:
@@ -593,42 +575,18 @@ def _shift_rows(table: pa.Table, offset: int) -> pa.Table:
     return table.set_column(i, "row", pc.add(table.column("row"), pa.scalar(offset, pa.int64())))
 
 
-@dataclass
-class _Written:
-    index: int
-    rows: int
-    scored: int
-    rejected: int
-    engine_s: float
-    busy_s: float
-    worker: str
-    rss_mb: float
-    rows_gpu: int
-    describe: dict[str, Any]
-    started: float  # wall clock on the worker: scoring began, writing ended
-    ended: float
-
-
-def _write_part(s: _Scored, offset: int, out: str, rejects: str, width: int) -> _Written:
+def _write_part(s: _Scored, offset: int, out: str, rejects: str, width: int) -> _PartStats:
     """(On the worker that holds ``s``.) File-wide row numbers, then write and rename."""
     t0 = time.perf_counter()
-    name = _part_name(s.index, width)
+    name = _part_name(s.stats.index, width)
     write_table(_shift_rows(s.out, offset), Path(out) / name)
     if s.rejects is not None:
         write_table(_shift_rows(s.rejects, offset), Path(rejects) / name)
-    return _Written(
-        s.index,
-        s.rows,
-        s.scored,
-        s.rejected,
-        s.engine_s,
-        s.busy_s + time.perf_counter() - t0,
-        s.worker,
-        _peak_rss_mb(),
-        s.rows_gpu,
-        s.describe,
-        s.started,
-        time.time(),
+    return replace(
+        s.stats,
+        busy_s=s.stats.busy_s + time.perf_counter() - t0,
+        ended=time.time(),
+        rss_mb=peak_rss_mb(),
     )
 
 
@@ -641,7 +599,7 @@ def _prepare_out(out: str, rejects: str) -> None:
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "_SUCCESS").unlink(missing_ok=True)
     except OSError as exc:
-        raise DataError(f"{out}: cannot write: {exc.strerror or exc}") from None
+        raise output_error(out, exc) from None
 
 
 def _finish_out(
@@ -652,21 +610,13 @@ def _finish_out(
         if not folder.is_dir():
             continue
         for p in folder.iterdir():
-            stale_tmp = p.name.startswith(".part-") and p.name.endswith(".tmp")
+            # temporary files of writes a killed run left (training.atomic's names)
+            stale_tmp = p.name.startswith((".part-", "._SUCCESS.")) and p.name.endswith(".tmp")
             if (_PART.match(p.name) and p.name not in names) or stale_tmp:
                 p.unlink(missing_ok=True)
         if folder != Path(out) and not any(folder.iterdir()):
             folder.rmdir()
-    _atomic_text(Path(out) / "_SUCCESS", report)
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise DataError(f"{path}: cannot write: {exc.strerror or exc}") from None
+    write_text_atomic(Path(out) / "_SUCCESS", report)
 
 
 # ---- scoring: the client side ------------------------------------------------------------------
@@ -813,7 +763,7 @@ def score_on_dask(
                 )
                 offset += known[j]
                 scored[j] = None  # the write holds it now; released once written
-        done: list[_Written] = client.gather(writes)
+        done: list[_PartStats] = client.gather(writes)
     except distributed.KilledWorker as exc:
         raise IntelliLogError(
             f"a Dask worker died while scoring {src_p} ({exc}); out of memory? a smaller "

@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -35,7 +36,16 @@ from server.models import LoadedModel
 from training.atomic import AtomicOutput, output_error
 from training.io import Converted, file_format, iter_batches, to_columns
 
-__all__ = ["ScoreReport", "default_reject_path", "score_file"]
+__all__ = [
+    "BatchScores",
+    "ScoreReport",
+    "default_reject_path",
+    "empty_output",
+    "key_column",
+    "peak_rss_mb",
+    "score_batch",
+    "score_file",
+]
 
 
 @dataclass
@@ -145,7 +155,7 @@ class _Writer:
         self._out.discard()
 
 
-def _key_column(table: pa.Table, name: str) -> str | None:
+def key_column(table: pa.Table, name: str) -> str | None:
     """The key column to copy to the output, if the file has it; plain values only."""
     if name not in table.column_names:
         return None
@@ -157,7 +167,72 @@ def _key_column(table: pa.Table, name: str) -> str | None:
     return name
 
 
-def _peak_rss_mb() -> float:
+def empty_output(key: str | None) -> pa.Table:
+    """A scores table without rows: what is written when no row could be scored, so
+    downstream jobs still see the schema (the one :func:`score_batch` makes)."""
+    return pa.table(
+        {
+            (key or "row"): pa.array([], pa.string() if key else pa.int64()),
+            "eta_minutes": pa.array([], pa.float64()),
+            "eta_p10": pa.array([], pa.float64()),
+            "eta_p90": pa.array([], pa.float64()),
+            "model_version": pa.array([], pa.string()),
+        }
+    )
+
+
+@dataclass
+class BatchScores:
+    """One batch scored by :func:`score_batch`."""
+
+    key: str | None  # the key column copied to the output, or None: rows are numbered
+    out: pa.Table | None  # the scores of the valid rows; None when there are none
+    rejects: pa.Table | None  # row, key (if any), reason of each refused row; or None
+    engine_s: float  # seconds in the engine
+
+
+def score_batch(
+    table: pa.Table,
+    conv: Converted,
+    model: LoadedModel,
+    first_row: int,
+    lock: AbstractContextManager[Any] | None = None,
+) -> BatchScores:
+    """Predict the valid rows of ``table`` (converted: ``conv``) and lay out the output
+    and reject rows. Rows are numbered from ``first_row`` (the batch's first row in the
+    file); the key column, when the file has one, is copied as text. ``lock`` is held
+    around the engine call (a model shared by threads)."""
+    key = key_column(table, model.pipe.spec.key)
+    out = rejects = None
+    engine_s = 0.0
+    if conv.n_valid:
+        X = model.pipe.matrix(conv.columns)
+        with lock or contextlib.nullcontext():
+            te = time.perf_counter()
+            eta, p10, p90 = model.predict(X)
+            engine_s = time.perf_counter() - te
+        idx = np.flatnonzero(conv.valid)
+        cols: dict[str, Any] = {}
+        if key:
+            cols[key] = table.column(key).take(pa.array(idx)).cast(pa.string())
+        else:
+            cols["row"] = pa.array(idx + first_row, pa.int64())
+        cols["eta_minutes"] = pa.array(eta, pa.float64())
+        cols["eta_p10"] = pa.array(p10, pa.float64())
+        cols["eta_p90"] = pa.array(p90, pa.float64())
+        cols["model_version"] = pa.array([model.version] * len(idx), pa.string())
+        out = pa.table(cols)
+    if len(conv.reject_rows):
+        r = conv.reject_rows
+        rcols: dict[str, Any] = {"row": pa.array(r + first_row, pa.int64())}
+        if key:
+            rcols[key] = table.column(key).take(pa.array(r)).cast(pa.string())
+        rcols["reason"] = pa.array(conv.reject_reasons, pa.string())
+        rejects = pa.table(rcols)
+    return BatchScores(key, out, rejects, engine_s)
+
+
+def peak_rss_mb() -> float:
     """This process's peak resident memory (VmHWM). ru_maxrss is not used first: on
     Linux it carries over the launching process's peak across exec."""
     try:
@@ -230,33 +305,15 @@ def score_file(
                 n = table.num_rows
                 if bar is None and progress:
                     bar = start_bar()
-                key = _key_column(table, spec.key)
-                if conv.n_valid:
-                    X = model.pipe.matrix(conv.columns)
-                    te = time.perf_counter()
-                    eta, p10, p90 = model.predict(X)
-                    engine_s += time.perf_counter() - te
-                    idx = np.flatnonzero(conv.valid)
-                    cols: dict[str, Any] = {}
-                    if key:
-                        cols[key] = table.column(key).take(pa.array(idx)).cast(pa.string())
-                    else:
-                        cols["row"] = pa.array(idx + first_row, pa.int64())
-                    cols["eta_minutes"] = pa.array(eta, pa.float64())
-                    cols["eta_p10"] = pa.array(p10, pa.float64())
-                    cols["eta_p90"] = pa.array(p90, pa.float64())
-                    cols["model_version"] = pa.array([model.version] * len(idx), pa.string())
+                b = score_batch(table, conv, model, first_row)
+                engine_s += b.engine_s
+                if b.out is not None:
                     if writing is not None:
                         writing.result()
-                    writing = wpool.submit(out.write, pa.table(cols))
-                if len(conv.reject_rows):
-                    r = conv.reject_rows
-                    rcols: dict[str, Any] = {"row": pa.array(r + first_row, pa.int64())}
-                    if key:
-                        rcols[key] = table.column(key).take(pa.array(r)).cast(pa.string())
-                    rcols["reason"] = pa.array(conv.reject_reasons, pa.string())
-                    rej.write(pa.table(rcols))
-                last_key = key
+                    writing = wpool.submit(out.write, b.out)
+                if b.rejects is not None:
+                    rej.write(b.rejects)
+                last_key = b.key
                 rows_in += n
                 scored += conv.n_valid
                 rejected += len(conv.reject_rows)
@@ -267,19 +324,7 @@ def score_file(
                 writing.result()
             if scored == 0 and rows_in > 0:
                 # still write an empty, well-formed output so downstream jobs see the schema
-                out.write(
-                    pa.table(
-                        {
-                            (last_key or "row"): pa.array(
-                                [], pa.string() if last_key else pa.int64()
-                            ),
-                            "eta_minutes": pa.array([], pa.float64()),
-                            "eta_p10": pa.array([], pa.float64()),
-                            "eta_p90": pa.array([], pa.float64()),
-                            "model_version": pa.array([], pa.string()),
-                        }
-                    )
-                )
+                out.write(empty_output(last_key))
             # a full disk shows up by here at the latest: both files are complete before
             # either appears, and the scores appear last (their presence means "done")
             out.finish()
@@ -304,7 +349,7 @@ def score_file(
         rows_rejected=rejected,
         seconds=time.perf_counter() - t0,
         engine_seconds=engine_s,
-        peak_rss_mb=_peak_rss_mb(),
+        peak_rss_mb=peak_rss_mb(),
         model_version=model.version,
         engine=model.engine_name,
         device=model.device,

@@ -26,9 +26,14 @@ from training.atomic import atomic_output
 
 __all__ = [
     "Converted",
+    "check_columns",
+    "check_readable",
+    "csv_block_size",
+    "csv_header",
     "file_format",
     "iter_batches",
     "learn_levels",
+    "read_csv_block",
     "read_table",
     "to_columns",
     "write_table",
@@ -44,7 +49,8 @@ def file_format(path: str | Path) -> str:
     return fmt
 
 
-def _check_readable(path: Path) -> None:
+def check_readable(path: Path) -> None:
+    """A one-line DataError unless ``path`` is a file with some bytes in it."""
     if not path.exists():
         raise DataError(f"{path}: no such file")
     if path.is_dir():
@@ -64,7 +70,8 @@ def _csv_convert(spec: FeatureSpec, names: Sequence[str]) -> pacsv.ConvertOption
     )
 
 
-def _csv_header(path: Path) -> list[str]:
+def csv_header(path: Path) -> list[str]:
+    """The column names on the first line of a CSV file."""
     with path.open("rb") as f:
         first = f.readline().decode("utf-8", "replace").strip()
     if not first:
@@ -72,7 +79,21 @@ def _csv_header(path: Path) -> list[str]:
     return [c.strip().strip('"') for c in first.split(",")]
 
 
-def _check_columns(path: Path, names: Sequence[str], spec: FeatureSpec, need_target: bool) -> None:
+def csv_block_size(batch_rows: int) -> int:
+    """Bytes of CSV read at a time for batches of about ``batch_rows`` rows (~100 bytes
+    a row, at least 1 MiB)."""
+    return max(1 << 20, batch_rows * 100)
+
+
+def read_csv_block(data: bytes, names: Sequence[str], spec: FeatureSpec) -> pa.Table:
+    """Parse ``data`` (a CSV header line, whose columns are ``names``, then whole lines)
+    as :func:`iter_batches` parses a file: the spec's columns as text. Arrow errors
+    propagate; the caller knows where the block came from."""
+    return pacsv.read_csv(pa.BufferReader(data), convert_options=_csv_convert(spec, names))
+
+
+def check_columns(path: Path, names: Sequence[str], spec: FeatureSpec, need_target: bool) -> None:
+    """A one-line DataError naming the columns ``spec`` needs that ``names`` lacks."""
     need = list(spec.required_columns) + ([spec.target] if need_target else [])
     missing = [c for c in need if c not in names]
     if missing:
@@ -86,15 +107,15 @@ def read_table(path: str | Path, spec: FeatureSpec, need_target: bool = True) ->
     """Read a whole file (training, validation). Errors are one-line DataErrors."""
     p = Path(path)
     fmt = file_format(p)
-    _check_readable(p)
+    check_readable(p)
     try:
         if fmt == "parquet":
             schema = pq.read_schema(p)
-            _check_columns(p, schema.names, spec, need_target)
+            check_columns(p, schema.names, spec, need_target)
             table = pq.read_table(p)
         else:
-            names = _csv_header(p)
-            _check_columns(p, names, spec, need_target)
+            names = csv_header(p)
+            check_columns(p, names, spec, need_target)
             table = pacsv.read_csv(p, convert_options=_csv_convert(spec, names))
     except DataError:
         raise
@@ -111,24 +132,23 @@ def iter_batches(
     """Stream a file in tables of about ``batch_rows`` rows (bounded memory)."""
     p = Path(path)
     fmt = file_format(p)
-    _check_readable(p)
+    check_readable(p)
     rows = 0
     try:
         if fmt == "parquet":
             # no pre-buffering: Arrow's buffers otherwise grow with every row group read
             pf = pq.ParquetFile(p, pre_buffer=False)
             names = pf.schema_arrow.names
-            _check_columns(p, names, spec, need_target)
+            check_columns(p, names, spec, need_target)
             for rb in pf.iter_batches(batch_size=batch_rows):
                 rows += rb.num_rows
                 yield pa.Table.from_batches([rb])
         else:
-            names = _csv_header(p)
-            _check_columns(p, names, spec, need_target)
-            # ~100 bytes a row: a block of batch_rows * 100 bytes
+            names = csv_header(p)
+            check_columns(p, names, spec, need_target)
             reader = pacsv.open_csv(
                 p,
-                read_options=pacsv.ReadOptions(block_size=max(1 << 20, batch_rows * 100)),
+                read_options=pacsv.ReadOptions(block_size=csv_block_size(batch_rows)),
                 convert_options=_csv_convert(spec, names),
             )
             for rb in reader:
