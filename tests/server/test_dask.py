@@ -101,11 +101,25 @@ def _parts(folder: Path) -> pa.Table:
     return pa.concat_tables(pq.read_table(p) for p in names)
 
 
+def _score_cli(cli: Callable[..., Any], registry: Path, src: Path, out: Path, *args: str) -> Any:
+    """``intellilog score SRC --out OUT --registry REGISTRY --quiet ARGS...``"""
+    return cli("score", src, "--out", out, "--registry", registry, "--quiet", *args)
+
+
 def _single(cli: Callable[..., Any], registry: Path, src: Path, out: Path) -> tuple[pa.Table, Any]:
-    res = cli("score", src, "--out", out, "--registry", registry, "--quiet", "--batch-rows", "4000")
+    res = _score_cli(cli, registry, src, out, "--batch-rows", "4000")
     assert res.code == 0, res.err
     rej = out.with_name(out.stem + ".rejects.csv")
     return pq.read_table(out), pacsv.read_csv(rej)
+
+
+def _score_dask(cluster: Any, registry: Path, src: Path, out: Path, batch_rows: int = 4000) -> Any:
+    """:func:`server.distributed.score_on_dask` of ``src`` into ``out``, without a progress bar."""
+    from server.distributed import score_on_dask
+
+    return score_on_dask(
+        cluster, src, out, registry=registry, batch_rows=batch_rows, progress=False
+    )
 
 
 @pytest.mark.parametrize(
@@ -125,10 +139,9 @@ def test_scores_equal_single_machine_row_for_row(
     src = inputs[kind, with_key]
     want, want_rej = _single(cli, trained.registry, src, tmp_path / "single.parquet")
     out = tmp_path / "scored"
-    res = cli(
-        "score", src, "--out", out, "--registry", trained.registry, "--quiet", "--json",
-        "--batch-rows", "4000", "--dask", address,
-    )  # fmt: skip
+    res = _score_cli(
+        cli, trained.registry, src, out, "--json", "--batch-rows", "4000", "--dask", address
+    )
     assert res.code == 0, res.err
     report = res.json()
     assert report["dask"]["workers"] == 2
@@ -162,8 +175,6 @@ def test_a_folder_is_scored_as_its_files_one_after_another(
     tmp_path: Path,
 ) -> None:
     """Files in name order, a Parquet and a CSV; rows (of refused rows) count across them."""
-    from server.distributed import score_on_dask
-
     folder = tmp_path / "in"
     folder.mkdir()
     shutil.copy(inputs["parquet", True], folder / "a.parquet")
@@ -171,10 +182,7 @@ def test_a_folder_is_scored_as_its_files_one_after_another(
     (folder / "notes.txt").write_text("not an input")
     a, a_rej = _single(cli, trained.registry, folder / "a.parquet", tmp_path / "a.parquet")
     b, b_rej = _single(cli, trained.registry, folder / "b.csv", tmp_path / "b.parquet")
-    report = score_on_dask(
-        cluster, folder, tmp_path / "out", registry=trained.registry, batch_rows=4000,
-        progress=False,
-    )  # fmt: skip
+    report = _score_dask(cluster, trained.registry, folder, tmp_path / "out")
     assert report.score.rows_in == 2 * SCORE_ROWS
     assert _parts(tmp_path / "out").equals(pa.concat_tables([a, b]))
     rej = _parts(tmp_path / "out.rejects")
@@ -188,16 +196,13 @@ def test_rerun_replaces_every_part_of_an_earlier_run(
     cluster: Any,
     tmp_path: Path,
 ) -> None:
-    from server.distributed import score_on_dask
-
     src, out = inputs["parquet", True], tmp_path / "scored"
-    kw: dict[str, Any] = {"registry": trained.registry, "progress": False}
-    first = score_on_dask(cluster, src, out, batch_rows=1000, **kw)
+    first = _score_dask(cluster, trained.registry, src, out, batch_rows=1000)
     pq.write_table(  # the folder also has three row groups' worth of parts of another file
         pa.table({"x": [1]}), out / "part-00042.parquet"
     )
     (out / ".part-00001.parquet.abc.tmp").write_bytes(b"left by a killed worker")
-    again = score_on_dask(cluster, src, out, batch_rows=1000, **kw)
+    again = _score_dask(cluster, trained.registry, src, out, batch_rows=1000)
     assert first.partitions == again.partitions == 7
     names = sorted(p.name for p in out.iterdir())
     assert names == ["_SUCCESS"] + [f"part-{i:05d}.parquet" for i in range(7)]
@@ -218,10 +223,7 @@ def test_corrupted_model_is_refused_on_the_worker(
     with (registry_copy / "versions" / "v1" / victim).open("ab") as f:
         f.write(b"\0")
     out = tmp_path / "scored"
-    res = cli(
-        "score", inputs["parquet", True], "--out", out, "--registry", registry_copy,
-        "--quiet", "--dask", address,
-    )  # fmt: skip
+    res = _score_cli(cli, registry_copy, inputs["parquet", True], out, "--dask", address)
     assert res.code == 2
     assert "Traceback" not in res.err
     last = res.err_lines[-1]
@@ -239,17 +241,13 @@ def test_csv_with_line_breaks_in_values_across_blocks_is_refused_clearly(
     """Blocks are cut at line ends; a quoted value holding a line break that crosses one
     is a one-line error that says so, never silently wrong rows."""
     from kernels.errors import DataError
-    from server.distributed import score_on_dask
 
     t = pq.read_table(inputs["parquet", True])
     notes = ["see\n" * 20] * t.num_rows  # most line ends are inside a quoted value
     src = tmp_path / "notes.csv"
     pacsv.write_csv(t.append_column("note", pa.array(notes)), src)
     with pytest.raises(DataError, match="a quoted value with a line break") as e:
-        score_on_dask(
-            cluster, src, tmp_path / "out", registry=trained.registry, batch_rows=4000,
-            progress=False,
-        )  # fmt: skip
+        _score_dask(cluster, trained.registry, src, tmp_path / "out")
     assert str(e.value).startswith(f"{src}: ") and "\n" not in str(e.value)
     assert not (tmp_path / "out" / "_SUCCESS").exists()
 
@@ -343,10 +341,9 @@ def test_local_cluster_scores_and_shuts_down(
     src = inputs["csv", False]
     want, _ = _single(cli, trained.registry, src, tmp_path / "single.parquet")
     before = {p.pid for p in multiprocessing.active_children()}
-    res = cli(
-        "score", src, "--out", tmp_path / "scored", "--registry", trained.registry,
-        "--quiet", "--batch-rows", "4000", "--dask", "local:1",
-    )  # fmt: skip
+    res = _score_cli(
+        cli, trained.registry, src, tmp_path / "scored", "--batch-rows", "4000", "--dask", "local:1"
+    )
     assert res.code == 0, res.err
     blocks = -(-src.stat().st_size // (1 << 20))
     assert "on Dask (tcp://" in res.err and f": 1 worker, {blocks} partitions" in res.err
