@@ -10,12 +10,13 @@ prediction log replays the spool into it.
 
 Hot path: the routes hand over what they already hold, once per request: the request
 id, the order ids, the body as received, the feature matrix, the answer lists, the model
-version and arm that answered (:meth:`Recorder.submit_one`, :meth:`Recorder.submit_batch`,
-:meth:`Recorder.chunk`). That is one :class:`~server.store.chunks.PredictionChunk`,
-queued as it is (``PredictionLog.submit``: no await, no I/O, nothing per row); the log's
-writer splits the body into the rows' inputs and packs the columns into the store's
-batches on the store's thread. With ``PREDICTION_LOG=off`` the routes build and submit
-nothing; the store still takes feedback.
+version and arm that answered (:meth:`Recorder.submit_one`, or :meth:`Recorder.submit` of
+a :meth:`Recorder.chunk` or :meth:`Recorder.texts_chunk`). That is one
+:class:`~server.store.chunks.PredictionChunk`, queued as it is (``PredictionLog.submit``:
+no await, no I/O, nothing per row); the log's writer splits the body into the rows'
+inputs and packs the columns into the store's batches on the store's thread. With
+``PREDICTION_LOG=off`` the routes build and submit nothing; the store still takes
+feedback.
 
 Cost (bench/RESULTS.md, "Prediction log cost", measured in process by
 ``bench/http/log_cost.py``): on the event loop nothing runs per logged row (~0.6 µs per
@@ -57,7 +58,6 @@ from server.store import (
     FeedbackResult,
     FeedbackRow,
     PredictionLog,
-    PredictionRow,
     SchemaVersionError,
     Store,
     store_from_url,
@@ -222,13 +222,12 @@ class Recorder:
             rows_at=rows_at,
         )
 
-    def submit(self, rows: PredictionChunk | Sequence[PredictionRow]) -> None:
-        """Queue ``rows`` (a chunk, or rows) for the store: no await, no I/O
-        (``PredictionLog.submit``)."""
+    def submit(self, chunk: PredictionChunk) -> None:
+        """Queue ``chunk`` for the store: no await, no I/O (``PredictionLog.submit``)."""
         if self.log is not None:
-            self.log.submit(rows)
+            self.log.submit(chunk)
         else:  # a request answered outside the lifespan (no start()): nowhere to log it
-            metrics.PREDICTION_LOG_ROWS.labels("dropped").inc(len(rows))
+            metrics.PREDICTION_LOG_ROWS.labels("dropped").inc(len(chunk))
 
     def submit_one(
         self,
@@ -264,39 +263,6 @@ class Recorder:
         else:
             self.submit(c)
 
-    def submit_batch(
-        self,
-        request_id: str,
-        uid: str,
-        order_ids: Sequence[str | None],
-        body: bytes,
-        X: np.ndarray,
-        eta: Sequence[float],
-        p10: Sequence[float],
-        p90: Sequence[float],
-        version: str,
-        *,
-        rows_at: str = "deliveries",
-        arm: str = ARM,
-    ) -> None:
-        """:meth:`submit` for a batch request: ``body`` is the request as sent, each row's
-        input the element of its ``rows_at`` array (split off the hot path)."""
-        self.submit(
-            self.chunk(
-                request_id,
-                uid,
-                order_ids,
-                body,
-                X,
-                eta,
-                p10,
-                p90,
-                version,
-                rows_at=rows_at,
-                arm=arm,
-            )
-        )
-
     def texts_chunk(
         self,
         request_id: str,
@@ -319,25 +285,6 @@ class Recorder:
         return self.chunk(
             request_id, uid, order_ids, blob, X, eta, p10, p90, version, sizes=sizes, arm=arm
         )
-
-    def rows(
-        self,
-        request_id: str,
-        uid: str,
-        order_ids: Sequence[str | None],
-        inputs: Sequence[str],
-        X: np.ndarray,
-        eta: Sequence[float],
-        p10: Sequence[float],
-        p90: Sequence[float],
-        version: str,
-        arm: str = ARM,
-    ) -> list[PredictionRow]:
-        """One PredictionRow per predicted row, as the store keeps them (the rows a chunk
-        of the same arguments stands for)."""
-        return self.texts_chunk(
-            request_id, uid, order_ids, inputs, X, eta, p10, p90, version, arm=arm
-        ).rows()
 
     # -- feedback -----------------------------------------------------------------------
 

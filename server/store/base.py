@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from server.store.chunks import PredictionChunk
 
 __all__ = [
+    "EXPERIMENT_COLUMNS",
     "Experiment",
     "FeatureSample",
     "FeedbackResult",
@@ -200,21 +201,10 @@ class FeatureSample:
 
 
 def pack_features(matrix: np.ndarray) -> list[bytes]:
-    """The rows of a feature matrix [n, F] as float32 little-endian bytes, one per row."""
-    m = matrix
-    if not (
-        isinstance(m, np.ndarray)
-        and m.ndim == 2
-        and m.dtype == FEATURE_DTYPE
-        and m.flags.c_contiguous
-    ):  # the server's matrices already are: no copy, no conversion (hot path)
-        m = np.ascontiguousarray(np.atleast_2d(matrix), dtype=FEATURE_DTYPE)
-    if m.ndim != 2 or m.shape[1] == 0:
-        return [row.tobytes() for row in m]
-    if m.shape[0] == 1:
-        return [m.tobytes()]
-    blob, width = m.tobytes(), m.shape[1] * FEATURE_DTYPE.itemsize
-    return [blob[i : i + width] for i in range(0, len(blob), width)]
+    """The rows of a feature matrix [n, F] as float32 little-endian bytes, one per row
+    (the form of :attr:`PredictionRow.features`)."""
+    m = np.ascontiguousarray(np.atleast_2d(matrix), dtype=FEATURE_DTYPE)
+    return [row.tobytes() for row in m]
 
 
 def unpack_features(blobs: Sequence[bytes]) -> np.ndarray:
@@ -263,8 +253,15 @@ _EXPERIMENT_ENCODE = msgspec.json.Encoder()
 _OPTIONS_DECODE = msgspec.json.Decoder(dict[str, Any])
 
 
+#: The columns of the ``experiments`` table, in the order of :func:`experiment_params`.
+EXPERIMENT_COLUMNS = (
+    "experiment_id, tenant, mode, baseline_version, candidate_version, split, status, "
+    "started_at, planned_hours, ended_at, decision, reason, options, updated_at"
+)
+
+
 def experiment_params(exp: Experiment) -> tuple[Any, ...]:
-    """An experiment as the 14 column values both stores write, in table order."""
+    """An experiment as the 14 column values both stores write (:data:`EXPERIMENT_COLUMNS`)."""
     return (
         exp.experiment_id,
         exp.tenant,

@@ -47,7 +47,7 @@ import msgspec
 import numpy as np
 
 from server.store.base import FEATURE_DTYPE, PredictionRow, StoreDataError
-from server.store.chunks import PredictionChunk, utf8_text
+from server.store.chunks import PredictionChunk, float_list, utf8_text
 
 __all__ = [
     "MAX_BATCH_ROWS",
@@ -108,7 +108,8 @@ class Batch:
     row_ids: Sequence[str]
     request_ids: Sequence[str]
     order_ids: Sequence[str | None]
-    inputs: Sequence[str]
+    blob: bytes  # the rows' inputs as UTF-8, back to back
+    sizes: Sequence[int]  # bytes of each row's input in ``blob``
     features: bytes  # the rows' features, concatenated
     eta: Sequence[float]
     p10: Sequence[float]
@@ -116,9 +117,6 @@ class Batch:
     created_at: Sequence[float]
     created_min: float
     created_max: float
-    #: the inputs as UTF-8 bytes back to back (then ``inputs`` is unused) and their sizes
-    blob: bytes | None = None
-    sizes: Sequence[int] = ()
     #: the distinct key prefixes of the row ids, when known
     keys: Sequence[str] | None = None
     #: :meth:`latest_orders`, when known
@@ -155,16 +153,7 @@ def encode(b: Batch, where: str) -> tuple[bytes, bytes]:
     """A batch as stored: its ``rows`` JSON (:data:`Row` per row) and its ``inputs`` blob
     (the rows' inputs, UTF-8, concatenated). Raises StoreDataError when an input is not
     text or an id holds a NUL character."""
-    inputs = b.inputs
-    if b.blob is not None:
-        blob, sizes = b.blob, b.sizes
-    else:
-        try:
-            text = "".join(inputs)
-            blob = text.encode()
-            sizes = list(map(len, inputs)) if text.isascii() else [len(s.encode()) for s in inputs]
-        except (TypeError, UnicodeError) as e:
-            raise StoreDataError(f"{where}: rows refused: inputs must be text ({e})") from e
+    sizes = b.sizes
     offsets = list(itertools.accumulate(sizes, initial=0))
     offsets.pop()
     rows = zip(
@@ -188,7 +177,7 @@ def encode(b: Batch, where: str) -> tuple[bytes, bytes]:
         raise StoreDataError(
             f"{where}: rows refused: a row id, request id or order id holds a NUL character"
         )
-    return encoded, blob
+    return encoded, b.blob
 
 
 def rows_of(
@@ -260,9 +249,16 @@ def _one_batch(
         if None in col:
             raise StoreDataError(f"{where}: rows refused: {name} is missing (None)")
     try:
-        blob = b"".join(features)  # type: ignore[arg-type]
+        features_blob = b"".join(features)  # type: ignore[arg-type]
     except TypeError as e:
         raise StoreDataError(f"{where}: rows refused: features must be bytes ({e})") from e
+    texts: Sequence[str] = inputs  # type: ignore[assignment]
+    try:
+        text = "".join(texts)
+        blob = text.encode()
+        sizes = list(map(len, texts)) if text.isascii() else [len(s.encode()) for s in texts]
+    except (TypeError, UnicodeError) as e:
+        raise StoreDataError(f"{where}: rows refused: inputs must be text ({e})") from e
     created_at = _floats("created_at", created, where)  # type: ignore[arg-type]
     return Batch(
         tenant=tenant,
@@ -272,8 +268,9 @@ def _one_batch(
         row_ids=row_ids,  # type: ignore[arg-type]
         request_ids=request_ids,  # type: ignore[arg-type]
         order_ids=order_ids,  # type: ignore[arg-type]
-        inputs=inputs,  # type: ignore[arg-type]
-        features=blob,
+        blob=blob,
+        sizes=sizes,
+        features=features_blob,
         eta=_floats("eta", eta, where),  # type: ignore[arg-type]
         p10=_floats("p10", p10, where),  # type: ignore[arg-type]
         p90=_floats("p90", p90, where),  # type: ignore[arg-type]
@@ -360,10 +357,6 @@ def chunk_row_ids(chunks: Sequence[PredictionChunk]) -> list[str]:
     return out
 
 
-def _as_floats(values: Sequence[float]) -> Sequence[float]:
-    return values.tolist() if isinstance(values, np.ndarray) else values
-
-
 def _latest(chunks: Sequence[PredictionChunk], times: Sequence[float]) -> dict[str, float]:
     """The newest time of each order id of the chunks' rows (a chunk's rows share one)."""
     latest: dict[Any, float] = {}
@@ -411,7 +404,8 @@ def _batch(
         row_ids=row_ids,
         request_ids=request_ids,
         order_ids=order_ids,
-        inputs=(),
+        blob=blob,
+        sizes=sizes,
         features=features,
         eta=eta,
         p10=p10,
@@ -419,8 +413,6 @@ def _batch(
         created_at=created,
         created_min=float(min(times)),
         created_max=float(max(times)),
-        blob=blob,
-        sizes=sizes,
         keys=list(keys),
         latest=latest,
     )
@@ -508,9 +500,9 @@ def _chunk_batch(
         row_ids += map(c.uid.__add__, _suffixes(c.start, c.start + n))
         request_ids += itertools.repeat(c.request_id, n)
         order_ids += c.order_ids
-        eta += _as_floats(c.eta)
-        p10 += _as_floats(c.p10)
-        p90 += _as_floats(c.p90)
+        eta += float_list(c.eta)
+        p10 += float_list(c.p10)
+        p90 += float_list(c.p90)
         # the chunk's time, written once and copied into every row's JSON
         created += itertools.repeat(msgspec.Raw(to_json(float(c.created_at))), n)
         blobs.append(blob)

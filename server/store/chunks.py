@@ -27,7 +27,7 @@ import numpy as np
 
 from server.store.base import FEATURE_DTYPE, PredictionRow, StoreDataError
 
-__all__ = ["PredictionChunk", "rows_of_chunks", "utf8_text"]
+__all__ = ["PredictionChunk", "float_list", "rows_of_chunks", "utf8_text"]
 
 
 @functools.cache
@@ -187,16 +187,17 @@ class PredictionChunk(msgspec.Struct, eq=False, gc=False):
                     self.order_ids,
                     offs,
                     sizes,
-                    _floats(self.eta),
-                    _floats(self.p10),
-                    _floats(self.p90),
+                    float_list(self.eta),
+                    float_list(self.p10),
+                    float_list(self.p90),
                     strict=False,
                 )
             )
         ]
 
 
-def _floats(values: Sequence[float]) -> Sequence[float]:
+def float_list(values: Sequence[float]) -> Sequence[float]:
+    """``values`` as Python floats (an array's ``tolist()``; other sequences as they are)."""
     return values.tolist() if isinstance(values, np.ndarray) else values
 
 

@@ -37,6 +37,7 @@ import asyncpg
 
 from kernels.errors import StoreError
 from server.store.base import (
+    EXPERIMENT_COLUMNS,
     Experiment,
     FeatureSample,
     FeedbackResult,
@@ -184,12 +185,8 @@ WHERE b.tenant = $1 AND b.created_max >= $4 AND b.created_min < $3 AND b.arm <> 
 ORDER BY fb.order_id, created_at DESC
 """
 
-_EXPERIMENT_COLUMNS = (
-    "experiment_id, tenant, mode, baseline_version, candidate_version, split, status, "
-    "started_at, planned_hours, ended_at, decision, reason, options, updated_at"
-)
 _INSERT_EXPERIMENT = f"""
-INSERT INTO experiments ({_EXPERIMENT_COLUMNS})
+INSERT INTO experiments ({EXPERIMENT_COLUMNS})
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
 """
 _UPDATE_EXPERIMENT = """
@@ -199,7 +196,7 @@ UPDATE experiments SET tenant = $2, mode = $3, baseline_version = $4, candidate_
 WHERE experiment_id = $1
 """
 _SELECT_EXPERIMENTS = f"""
-SELECT {_EXPERIMENT_COLUMNS} FROM experiments
+SELECT {EXPERIMENT_COLUMNS} FROM experiments
 WHERE tenant = $1 AND ($2::text IS NULL OR status = $2)
 ORDER BY started_at DESC, experiment_id DESC
 """

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 from kernels.errors import StoreError
 from server.store.base import (
+    EXPERIMENT_COLUMNS,
     Experiment,
     FeatureSample,
     FeedbackResult,
@@ -159,12 +160,8 @@ WHERE tenant = ? AND created_max >= ? AND created_min < ?
 ORDER BY batch_id
 """
 
-_EXPERIMENT_COLUMNS = (
-    "experiment_id, tenant, mode, baseline_version, candidate_version, split, status, "
-    "started_at, planned_hours, ended_at, decision, reason, options, updated_at"
-)
 _INSERT_EXPERIMENT = (
-    f"INSERT INTO experiments ({_EXPERIMENT_COLUMNS}) VALUES ({', '.join('?' * 14)})"
+    f"INSERT INTO experiments ({EXPERIMENT_COLUMNS}) VALUES ({', '.join('?' * 14)})"
 )
 _UPDATE_EXPERIMENT = """
 UPDATE experiments SET tenant = ?, mode = ?, baseline_version = ?, candidate_version = ?,
@@ -173,7 +170,7 @@ UPDATE experiments SET tenant = ?, mode = ?, baseline_version = ?, candidate_ver
 WHERE experiment_id = ?
 """
 _SELECT_EXPERIMENTS = f"""
-SELECT {_EXPERIMENT_COLUMNS} FROM experiments
+SELECT {EXPERIMENT_COLUMNS} FROM experiments
 WHERE tenant = ? AND (? IS NULL OR status = ?)
 ORDER BY started_at DESC, experiment_id DESC
 """

@@ -427,8 +427,20 @@ def test_the_recorder_logs_each_request_under_its_own_arm_and_version(tmp_path: 
         X, eta, p10, p90 = answers(3, 1)
         rec.submit_one("r1", "u1", "o1", one, X[:1], eta[0], p10[0], p90[0], "v1")
         rec.submit_one("r2", "u2", None, one, X[1:2], eta[1], p10[1], p90[1], "v2", "candidate")
-        rec.submit_batch(
-            "r3", "u3", ["o0", "o1", "o2"], batch, X, eta, p10, p90, "v2", arm="shadow"
+        rec.submit(
+            rec.chunk(
+                "r3",
+                "u3",
+                ["o0", "o1", "o2"],
+                batch,
+                X,
+                eta,
+                p10,
+                p90,
+                "v2",
+                rows_at="deliveries",
+                arm="shadow",
+            )
         )
         rec.submit(
             rec.texts_chunk("r4", "u4", [None, None], texts, X[:2], eta[:2], p10[:2], p90[:2], "v1")
@@ -450,3 +462,47 @@ def test_the_recorder_logs_each_request_under_its_own_arm_and_version(tmp_path: 
         ("u4:0", "r4", None, "acme", "v1", "production", texts[0]),
         ("u4:1", "r4", None, "acme", "v1", "production", texts[1]),
     ]
+
+
+def test_a_spool_left_by_a_stopped_server_is_replayed_by_the_next(tmp_path: Path) -> None:
+    """The spool is a file between processes: what one server spooled while its database
+    was down (chunks of every layout, feedback) the next server started on the same spool
+    writes into the database, row for row."""
+    blocked = tmp_path / "db"
+    blocked.write_text("not a folder")  # the SQLite file's folder cannot be made
+    url = f"sqlite:///{blocked / 'intellilog.db'}"
+    env = {
+        "DATABASE_URL": url,
+        "TENANT_ID": "t1",
+        "SPOOL_PATH": str(tmp_path / "spool" / "intellilog.spool"),
+        "PREDICTION_RETENTION_DAYS": "0",  # the rows are dated T0: keep them
+    }
+    settings = load_settings(env, dotenv=None)
+    chunks, rows = mixed()
+
+    async def first() -> None:
+        rec = Recorder(settings, reopen_interval=3600.0)
+        await rec.start()
+        assert not rec.store_open
+        for c in chunks:
+            rec.submit(c)
+        fb = await rec.write_feedback([("o0", 12.5, T0 + 100)], received_at=T0 + 200)
+        assert fb.spooled == 1
+        await rec.close()
+
+    async def second() -> None:
+        rec = Recorder(settings)
+        await rec.start()
+        assert rec.store_open and rec.log is not None
+        spool = rec.log.spool
+        await until(lambda: spool.pending_bytes() == 0, "the spool is replayed")
+        await rec.close()
+
+    asyncio.run(first())
+    assert (tmp_path / "spool" / "intellilog.spool").stat().st_size > 0
+    blocked.unlink()  # the database can be opened now
+    asyncio.run(second())
+    assert view(url) == sorted(as_tuple(r) for r in rows)
+    assert raw_sql(
+        url, "SELECT tenant, order_id, actual_minutes, completed_at, received_at FROM feedback"
+    ) == [("t1", "o0", 12.5, T0 + 100, T0 + 200)]
