@@ -215,7 +215,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     print(f"reading {args.data}", file=sys.stderr)
     table = read_table(args.data, spec, need_target=True)
     quality = assess(table, spec, threshold=settings.quality_threshold)
-    require_quality(quality, settings.quality_threshold, args.data)
+    require_quality(quality, args.data)
     result = backtest(table, spec, settings, folds=args.folds, out=sys.stderr)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))

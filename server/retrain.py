@@ -44,7 +44,7 @@ import os
 import sys
 import time
 import traceback
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -125,14 +125,11 @@ def _redact(url: str) -> str:
 
 def _train_settings(manifest: dict[str, Any], min_quality: float) -> Any:
     """Production's training settings (its manifest), with the run's quality threshold."""
-    from training.train import TrainSettings
+    from training.train import settings_from_dict
 
-    known = {f.name for f in fields(TrainSettings)}
-    raw = {k: v for k, v in (manifest.get("settings") or {}).items() if k in known}
-    if "quantiles" in raw:
-        raw["quantiles"] = tuple(raw["quantiles"])
-    raw["quality_threshold"] = float(min_quality)
-    s = TrainSettings(**raw)
+    s = replace(
+        settings_from_dict(manifest.get("settings") or {}), quality_threshold=float(min_quality)
+    )
     s.validate()
     return s
 
@@ -223,7 +220,7 @@ def _params(s: Settings, registry: Registry, opts: RetrainOptions, log: RunLog) 
         "emergency": opts.emergency,
         "extra_data": None if opts.data is None else str(opts.data),
         "engine": s.engine,
-        "registry": str(registry.root),
+        "registry": registry.location,
         "database": _redact(s.database_url),
         "run_log": str(log.path),
         "ab": {
@@ -302,7 +299,6 @@ async def _run(ctx: _Ctx) -> None:
     from training.job import train_job
     from training.labelled import rows_digest
     from training.quality import assess
-    from training.train import prepare
 
     s, reg, rec = ctx.settings, ctx.registry, ctx.record
     _schedule_guard(ctx)
@@ -323,13 +319,9 @@ async def _run(ctx: _Ctx) -> None:
         quality = assess(table, spec, threshold=ctx.opts.min_quality)
         rec["quality"] = quality.to_dict()
         ctx.say(quality.format())
-        if not quality.passed:
-            failing = "; ".join(f"{c.name} ({c.score:.0f}: {c.detail})" for c in quality.failing())
-            raise _Finished(
-                "refused",
-                f"data quality {quality.score:.1f} is below the threshold "
-                f"{ctx.opts.min_quality:g}: failing checks: {failing or 'overall'}",
-            )
+        refusal = quality.refusal()
+        if refusal is not None:
+            raise _Finished("refused", refusal)
         snapshot = ctx.log.path.parent / "retrain-data" / f"{rec['run_id']}.parquet"
         write_table(table, snapshot)
         rec["data"]["path"] = str(snapshot)
@@ -342,9 +334,8 @@ async def _run(ctx: _Ctx) -> None:
         assert new is not None
         rec["versions"]["new"] = new
         ctx.model_dir = reg.path(new)
-        used = read_table(snapshot, spec)
-        prep = prepare(used, spec, settings)
-        holdout = used.take(pa.array(prep.rows[prep.holdout_idx]))
+        assert res.holdout_rows is not None
+        holdout = read_table(snapshot, spec).take(pa.array(res.holdout_rows))
         rec["data"]["rows"]["holdout"] = holdout.num_rows
         metrics = compare_on_holdout(
             reg, {"new": new, "production": prod}, holdout, s.engine, spec.goal.tolerance

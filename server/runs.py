@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from kernels.errors import ConfigError
+from training.registry_remote import default_cache, is_url
 
 __all__ = [
     "OUTCOMES",
@@ -40,8 +41,16 @@ SUCCESS = ("archived", "candidate")
 
 
 def run_log_path(run_log: str, registry_root: str | Path) -> Path:
-    """``RUN_LOG``, or ``runs.jsonl`` in the registry folder when it is empty."""
-    return Path(run_log) if run_log else Path(registry_root) / "runs.jsonl"
+    """``RUN_LOG``, or ``runs.jsonl`` in the registry folder when it is empty.
+
+    A registry in a bucket (``s3://...``) has no folder of its own: its runs go to
+    ``runs.jsonl`` in its local cache (:attr:`training.registry.Registry.root`), so
+    ``retrain``, ``runs list`` and the server's monitor agree on one file."""
+    if run_log:
+        return Path(run_log)
+    if is_url(registry_root):
+        return default_cache(str(registry_root).rstrip("/")) / "runs.jsonl"
+    return Path(registry_root) / "runs.jsonl"
 
 
 def iso(t: float | None) -> str | None:

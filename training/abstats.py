@@ -100,6 +100,8 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import stats
 
+from training.metrics import interval_metrics, point_metrics
+
 __all__ = [
     "MIN_ROWS",
     "Analysis",
@@ -288,15 +290,14 @@ def summarize_arm(arm: ArmData, tolerance: float) -> ArmSummary:
     if n == 0:
         nan = float("nan")
         return ArmSummary(n=0, mae=nan, p90_abs_error=nan, accuracy=nan, coverage=nan, bias=nan)
-    err = arm.eta - arm.actual
-    ae = np.abs(err)
+    point = point_metrics(arm.actual, arm.eta, tolerance)  # the metrics training reports
     return ArmSummary(
         n=n,
-        mae=float(ae.mean()),
-        p90_abs_error=float(np.quantile(ae, 0.9)),
-        accuracy=float(np.mean(ae <= tolerance)),
-        coverage=float(np.mean((arm.p10 <= arm.actual) & (arm.actual <= arm.p90))),
-        bias=float(err.mean()),
+        mae=point["mae"],
+        p90_abs_error=point["p90_ae"],
+        accuracy=point["accuracy"],
+        coverage=interval_metrics(arm.actual, arm.p10, arm.p90)["coverage"],
+        bias=float((arm.eta - arm.actual).mean()),
     )
 
 

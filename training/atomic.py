@@ -28,6 +28,7 @@ __all__ = [
     "AtomicOutput",
     "atomic_output",
     "describe_os_error",
+    "fsync_dir",
     "output_error",
     "write_text_atomic",
 ]
@@ -66,7 +67,7 @@ def output_error(path: str | Path, exc: OSError) -> DataError:
     return DataError(f"{path}: cannot write: {describe_os_error(exc, path)}")
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     """Make a rename in ``folder`` durable; best effort (some file systems refuse it, and
     the new file is already in place, so a failure here is no reason to report one)."""
     try:
@@ -136,7 +137,7 @@ class AtomicOutput:
         except OSError as exc:
             raise output_error(self.path, exc) from None
         self._done = True
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
 
     def discard(self) -> None:
         """Remove the temporary file (and folders made for it); safe to call twice and

@@ -48,6 +48,8 @@ class TrainOutcome:
     quality: QualityReport
     promoted: bool
     seconds: float
+    #: Rows of the data file held out for the metrics (time-ordered; None on a dry run).
+    holdout_rows: np.ndarray | None = None
 
 
 def file_digest(path: Path, limit: int = 1 << 30) -> str:
@@ -87,7 +89,7 @@ def train_job(
     table = read_table(path, spec, need_target=True)
     quality = assess(table, spec, threshold=settings.quality_threshold)
     out.write(quality.format() + "\n")
-    require_quality(quality, settings.quality_threshold, path)
+    require_quality(quality, path)
     prep = prepare(table, spec, settings)
     rej = len(prep.converted.reject_rows)
     out.write(
@@ -161,4 +163,11 @@ def train_job(
     if promote:
         registry.promote(version, "production")
         out.write(f"promoted {version} to production\n")
-    return TrainOutcome(version, res.metrics, quality, promote, time.perf_counter() - t0)
+    return TrainOutcome(
+        version,
+        res.metrics,
+        quality,
+        promote,
+        time.perf_counter() - t0,
+        prep.rows[prep.holdout_idx],
+    )

@@ -1,6 +1,8 @@
-"""The one place that imports optional, heavy dependencies (extras ``gpu``, ``mlflow``).
+"""The one place that imports optional, heavy dependencies (extras ``gpu``, ``mlflow``,
+``s3``).
 
-Everything else asks :func:`has_hummingbird` or calls :func:`hummingbird`; a
+Everything else asks :func:`has_hummingbird` or calls :func:`hummingbird`,
+:func:`mlflow` or :func:`fsspec`; a
 missing package becomes a :class:`~kernels.errors.ConfigError` that says which
 extra to install, instead of an ``ImportError`` deep inside a call.
 """
@@ -12,7 +14,7 @@ from types import ModuleType
 
 from kernels.errors import ConfigError
 
-__all__ = ["has_hummingbird", "has_mlflow", "hummingbird", "mlflow"]
+__all__ = ["fsspec", "has_hummingbird", "hummingbird", "mlflow"]
 
 _INSTALL = "install `intellilog[gpu]` for {what} (hummingbird-ml and torch are missing: {err})"
 
@@ -46,14 +48,6 @@ def hummingbird(what: str = "the hummingbird engine") -> tuple[ModuleType, Modul
 _INSTALL_MLFLOW = "install `intellilog[mlflow]` for {what} (mlflow is missing: {err})"
 
 
-def has_mlflow() -> bool:
-    """True when ``mlflow`` (or ``mlflow-skinny``) is installed (nothing is imported)."""
-    try:
-        return importlib.util.find_spec("mlflow") is not None
-    except (ImportError, ValueError):
-        return False
-
-
 def mlflow(what: str = "MLflow tracking") -> ModuleType:
     """Import and return ``mlflow``.
 
@@ -67,3 +61,21 @@ def mlflow(what: str = "MLflow tracking") -> ModuleType:
             _INSTALL_MLFLOW.format(what=what, err=f"{type(exc).__name__}: {exc}")
         ) from exc
     return mlflow_
+
+
+_INSTALL_S3 = "install `intellilog[s3]` for {what} (fsspec is missing: {err})"
+
+
+def fsspec(what: str = "a remote model registry") -> ModuleType:
+    """Import and return ``fsspec``.
+
+    Raises ConfigError("install `intellilog[s3]` for <what> ...") when it is missing or
+    fails to import.
+    """
+    try:
+        import fsspec as fsspec_
+    except Exception as exc:  # ImportError, or a broken dependency
+        raise ConfigError(
+            _INSTALL_S3.format(what=what, err=f"{type(exc).__name__}: {exc}")
+        ) from exc
+    return fsspec_

@@ -183,6 +183,17 @@ class QualityReport:
         """Checks scoring below :data:`PASS_MARK`."""
         return [c for c in self.checks if not c.passed]
 
+    def refusal(self) -> str | None:
+        """Why the data is refused (the score, the threshold, each failing check and its
+        detail), or None when it passed."""
+        if self.passed:
+            return None
+        names = "; ".join(f"{c.name} ({c.score:.0f}: {c.detail})" for c in self.failing())
+        return (
+            f"data quality {self.score:.1f} is below the threshold {self.threshold:g}: "
+            f"failing checks: {names or 'overall'}"
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable summary (plain str, float, int, bool, list, dict)."""
         return {
@@ -573,13 +584,10 @@ def _report(checks: list[Check], rows: int, threshold: float) -> QualityReport:
     return QualityReport(score=score, rows=rows, checks=checks, threshold=threshold)
 
 
-def require_quality(report: QualityReport, threshold: float, path: object) -> None:
+def require_quality(report: QualityReport, path: object) -> None:
     """The training gate: a DataError naming every failing check and its detail when
-    ``report`` did not pass (``train`` and ``backtest`` refuse the same data alike)."""
-    if report.passed:
-        return
-    names = "; ".join(f"{c.name} ({c.score:.0f}: {c.detail})" for c in report.failing())
-    raise DataError(
-        f"data quality {report.score:.1f} is below the threshold {threshold:g}: "
-        f"failing checks: {names or 'overall'} (run `intellilog validate --data {path}` for details)"
-    )
+    ``report`` did not pass (``train``, ``backtest`` and ``retrain`` refuse the same data
+    alike)."""
+    why = report.refusal()
+    if why is not None:
+        raise DataError(f"{why} (run `intellilog validate --data {path}` for details)")

@@ -59,7 +59,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from kernels.errors import ConfigError, ModelLoadError
-from training.atomic import write_text_atomic
+from training.atomic import fsync_dir, write_text_atomic
 from training.registry_remote import RemoteStore, default_cache, is_url
 
 __all__ = [
@@ -111,27 +111,6 @@ def _sha256(path: Path) -> str:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    """Flush a directory entry change (rename, create) to disk; best effort."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` so that readers see the old or the new content
-    (:func:`training.atomic.write_text_atomic`: temp file in the same folder, fsync,
-    ``os.replace``, fsync of the folder; a failure is one line naming the path)."""
-    write_text_atomic(path, text)
 
 
 def _who(by: str, reason: str) -> dict[str, str]:
@@ -367,7 +346,7 @@ class Registry:
                         continue
                     raise
                 break
-            _fsync_dir(self._versions_dir)
+            fsync_dir(self._versions_dir)
         return version
 
     @_optimistic
@@ -494,7 +473,7 @@ class Registry:
             self._staging_dir.mkdir(parents=True, exist_ok=True)
             trash = self._staging_dir / f"deleted-{version}-{uuid.uuid4().hex}"
             os.rename(self._versions_dir / version, trash)
-            _fsync_dir(self._versions_dir)
+            fsync_dir(self._versions_dir)
             state["deleted"][version] = _now()
             self._write_state(state)
         shutil.rmtree(trash, ignore_errors=True)
@@ -805,7 +784,7 @@ class Registry:
                 ) from None
             self._txn.base = base + 1
             return
-        _atomic_write_text(self._aliases_file, text)
+        write_text_atomic(self._aliases_file, text)
 
     def _set_alias(
         self,

@@ -3,7 +3,7 @@
 :class:`training.registry.Registry` keeps its logic; when ``MODEL_ARTIFACT_PATH`` is a
 URL it reads and writes objects through :class:`RemoteStore` (fsspec) and loads models
 from a verified local copy (:func:`default_cache`). This is the only module that
-imports fsspec. Layout under the URL::
+reaches fsspec (imported through :func:`training.optional.fsspec`). Layout under the URL::
 
     versions/vN/<files>               uploaded first
     versions/vN/manifest.json         uploaded last: a version without it is absent
@@ -35,10 +35,10 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from kernels.errors import ConfigError, ModelLoadError
+from training import optional
 
 __all__ = [
     "CACHE_ENV",
@@ -59,7 +59,6 @@ _ALIASES = "aliases"
 _CLAIMS = "claims"
 _PRUNE_EVERY = 20
 _READ_TRIES = 3
-_INSTALL = "install `intellilog[s3]` for {what} (fsspec is missing: {err})"
 
 
 def is_url(root: object) -> bool:
@@ -77,15 +76,6 @@ def default_cache(url: str) -> Path:
     return base / hashlib.sha256(url.encode("utf-8")).hexdigest()[:16]
 
 
-def _fsspec(what: str) -> ModuleType:
-    """Import and return ``fsspec``; a missing one says which extra to install."""
-    try:
-        import fsspec
-    except Exception as exc:  # ImportError, or a broken dependency
-        raise ConfigError(_INSTALL.format(what=what, err=f"{type(exc).__name__}: {exc}")) from exc
-    return fsspec
-
-
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return f"{type(exc).__name__}: {text}"
@@ -97,7 +87,7 @@ class RemoteStore:
     object (ModelLoadError when reading, ConfigError when writing)."""
 
     def __init__(self, url: str) -> None:
-        fsspec = _fsspec(f"the model registry at {url}")
+        fsspec = optional.fsspec(f"the model registry at {url}")
         scheme = url.split("://", 1)[0].lower()
         try:
             fs, base = fsspec.core.url_to_fs(

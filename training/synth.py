@@ -82,6 +82,7 @@ times written in each origin city's own UTC offset. Its model is described in it
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -387,7 +388,7 @@ def generate(
 
     zone_names = pa.array([z.name for z in c.zones], type=pa.string())
     arrays: list[pa.Array] = [
-        _order_ids(n),
+        _ids(n, "o"),
         _iso_strings(local, off),
         pa.array(p_lat, type=pa.float64()),
         pa.array(p_lon, type=pa.float64()),
@@ -580,10 +581,11 @@ def _string_array(buf: np.ndarray) -> pa.Array:
     return arr if typ == pa.string() else arr.cast(pa.string())
 
 
-def _order_ids(n: int) -> pa.Array:
+def _ids(n: int, prefix: str) -> pa.Array:
+    """``prefix`` + a zero-padded 1-based row number (at least 7 digits)."""
     width = max(7, len(str(n)))
     buf = np.empty((n, width + 1), dtype=np.uint8)
-    buf[:, 0] = ord("o")
+    buf[:, 0] = ord(prefix)
     _digits(buf, 1, np.arange(1, n + 1), width)
     return _string_array(buf)
 
@@ -1084,13 +1086,11 @@ class _TripNetwork:
 
 
 _ZONE_KEY = 1 << 36  # zone index * this + epoch seconds: one sorted key over every zone
-_TRIP_NETWORK: list[_TripNetwork] = []
 
 
+@functools.cache
 def _trip_network() -> _TripNetwork:
     """The fixed network: cities, hubs, carriers and the trip choice tables (cached)."""
-    if _TRIP_NETWORK:
-        return _TRIP_NETWORK[0]
     cities = _TRIP_CITIES
     nc = len(cities)
     lands = list(_LAND)
@@ -1162,22 +1162,16 @@ def _trip_network() -> _TripNetwork:
         zone_of_city=np.array([zone_names.index(c.timezone) for c in cities]),
         zone_names=zone_names,
     )
-    _TRIP_NETWORK.append(got)
     return got
 
 
-_TRANSITIONS: dict[tuple[tuple[str, ...], int, int], tuple[np.ndarray, np.ndarray]] = {}
-
-
+@functools.cache
 def _zone_transitions(zones: tuple[str, ...], t0: int, t1: int) -> tuple[np.ndarray, np.ndarray]:
     """Sorted keys ``zone * _ZONE_KEY + start`` and the offset from each start on.
 
     Offsets are sampled daily over ``t0 .. t1`` and each change is located to the minute
     (loops over days and zones, never rows); cached per period.
     """
-    got = _TRANSITIONS.get((zones, t0, t1))
-    if got is not None:
-        return got
 
     def off(tz: ZoneInfo, t: int) -> int:
         delta = datetime.fromtimestamp(t, UTC).astimezone(tz).utcoffset()
@@ -1204,9 +1198,7 @@ def _zone_transitions(zones: tuple[str, ...], t0: int, t1: int) -> tuple[np.ndar
             keys.append(zi * _ZONE_KEY + hi)
             offs.append(cur)
             prev = cur
-    got = (np.array(keys, dtype=np.int64), np.array(offs, dtype=np.int64))
-    _TRANSITIONS[(zones, t0, t1)] = got
-    return got
+    return np.array(keys, dtype=np.int64), np.array(offs, dtype=np.int64)
 
 
 def _flat_cum(weights: np.ndarray) -> np.ndarray:
@@ -1242,12 +1234,3 @@ def _jitter(
     out_lat = lat + rng.normal(0.0, 1.0, m) * sigma_km / _KM_PER_DEG_LAT
     out_lon = lon + rng.normal(0.0, 1.0, m) * sigma_km / (_KM_PER_DEG_LAT * np.cos(np.radians(lat)))
     return np.round(out_lat, 5), np.round(out_lon, 5)
-
-
-def _ids(n: int, prefix: str) -> pa.Array:
-    """``prefix`` + a zero-padded 1-based row number (at least 7 digits)."""
-    width = max(7, len(str(n)))
-    buf = np.empty((n, width + 1), dtype=np.uint8)
-    buf[:, 0] = ord(prefix)
-    _digits(buf, 1, np.arange(1, n + 1), width)
-    return _string_array(buf)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TextIO
 
 import lightgbm as lgb
@@ -32,6 +32,8 @@ __all__ = [
     "TrainSettings",
     "fit_models",
     "prepare",
+    "settings_dict",
+    "settings_from_dict",
     "time_split",
 ]
 
@@ -333,6 +335,21 @@ def metrics_table(metrics: dict[str, Any]) -> str:
 
 
 def settings_dict(s: TrainSettings) -> dict[str, Any]:
+    """``s`` as the manifest's ``settings`` (JSON); :func:`settings_from_dict` reads it back."""
     d = asdict(s)
     d["quantiles"] = list(s.quantiles)
     return d
+
+
+def settings_from_dict(raw: Mapping[str, Any]) -> TrainSettings:
+    """The settings a manifest's ``settings`` (:func:`settings_dict`) records, validated.
+
+    Keys this version does not know (a manifest of another intellilog) are ignored;
+    missing ones keep their defaults."""
+    known = {f.name for f in fields(TrainSettings)}
+    kept = {k: v for k, v in raw.items() if k in known}
+    if "quantiles" in kept:
+        kept["quantiles"] = tuple(kept["quantiles"])
+    s = TrainSettings(**kept)
+    s.validate()
+    return s

@@ -242,6 +242,17 @@ def test_bad_data_is_refused(cli: Callable[..., CliResult], env: dict, world: Wo
     assert sorted(os.listdir(env["registry"] / "versions")) == ["v1"]
     shown = cli("runs", "show", rec["run_id"])
     assert shown.code == 0 and "refused" in shown.out and "quality:" in shown.out
+    # the server's gauges read the same record: the monitor over the real run log
+    from prometheus_client import REGISTRY
+
+    from server.monitoring.retrain import RetrainMonitor
+
+    assert RetrainMonitor(env["run_log"]).refresh() is True
+    runs = REGISTRY.get_sample_value("intellilog_retrain_runs", {"outcome": "refused"})
+    last = REGISTRY.get_sample_value(
+        "intellilog_retrain_last_run_timestamp_seconds", {"outcome": "refused"}
+    )
+    assert (runs, last) == (1.0, rec["ended_at"])
 
 
 def test_quality_threshold_setting_is_the_gate(
@@ -451,6 +462,22 @@ def test_run_log_gauges(tmp_path: Path) -> None:
     assert 'intellilog_retrain_last_run_timestamp_seconds{outcome="refused"} 1250.0' in text
     assert 'intellilog_retrain_last_run_timestamp_seconds{outcome="archived"} 1050.0' in text
     assert "intellilog_retrain_first_run_timestamp_seconds 1000.0" in text
+
+
+def test_run_log_of_a_bucket_registry_is_one_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``retrain`` (the registry's local root), ``runs`` and the server's monitor (the
+    MODEL_ARTIFACT_PATH setting) name the same run log for a registry in a bucket."""
+    from server.runs import run_log_path
+    from training.registry import Registry
+
+    monkeypatch.setenv("INTELLILOG_REGISTRY_CACHE", str(tmp_path / "cache"))
+    url = "memory://retrain-runs/models"
+    expected = Registry(url).root / "runs.jsonl"
+    assert run_log_path("", url) == run_log_path("", url + "/") == expected
+    assert run_log_path("", Registry(url).root) == expected
+    assert run_log_path(str(tmp_path / "r.jsonl"), url) == tmp_path / "r.jsonl"
 
 
 # ---- the schedule files ----------------------------------------------------------------------

@@ -29,3 +29,17 @@ def test_learned_levels_never_come_from_the_holdout() -> None:
     zones[:200] = "Brand-New-District"
     table = table.set_column(table.schema.get_field_index("zone"), "zone", pa.array(zones))
     assert "Brand-New-District" in prepare(table, spec, TrainSettings()).pipe.levels["zone"]
+
+
+def test_settings_read_back_from_a_manifest_are_the_settings_trained_with() -> None:
+    """``settings_dict`` is what a manifest records (JSON); ``retrain`` reads it back with
+    ``settings_from_dict`` to train with production's own settings."""
+    import json
+
+    from training.train import settings_dict, settings_from_dict
+
+    s = TrainSettings(num_leaves=31, max_rounds=77, quantiles=(0.2, 0.8), huber_delta=3.0)
+    raw = json.loads(json.dumps(settings_dict(s)))
+    assert settings_from_dict(raw) == s
+    assert settings_from_dict({**raw, "from_a_newer_version": 1}) == s
+    assert settings_from_dict({}) == TrainSettings()
