@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import math
 import os
 from typing import Any
 
@@ -40,6 +41,7 @@ __all__ = [
     "RETRAIN_FIRST_RUN",
     "RETRAIN_LAST_RUN",
     "RETRAIN_RUNS",
+    "forget",
     "render",
 ]
 
@@ -121,6 +123,16 @@ RETRAIN_FIRST_RUN = Gauge(
     "start time of the first retraining run in the run log",
     multiprocess_mode="mostrecent",
 )
+
+
+def forget(gauge: Gauge, *labels: str) -> None:
+    """Drop one series of ``gauge`` (a label set no longer measured). In multiprocess mode
+    (``PROMETHEUS_MULTIPROC_DIR``) prometheus-client cannot remove a series, so it is set to
+    NaN instead (with ``multiprocess_mode="mostrecent"`` the latest value wins)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        gauge.labels(*labels).set(math.nan)
+    else:
+        gauge.remove(*labels)
 
 
 class _WorkerFiles:

@@ -49,7 +49,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -61,6 +60,7 @@ import numpy as np
 from prometheus_client import Gauge
 
 from kernels.errors import ConfigError, DataError, ModelLoadError, StoreError
+from server import metrics
 from server.monitoring.timer import refresh_every
 from server.monitoring.windows import parse_cycles
 from server.store import FeatureSample, Store
@@ -487,6 +487,19 @@ def _pick(samples: Sequence[FeatureSample], version: str, width: int) -> Feature
     return FeatureSample(version, np.zeros((0, width), np.float32), np.zeros(0))
 
 
+async def _read_counts(
+    store: Store, tenant: str, layout: _Layout, since: float, limit: int
+) -> tuple[np.ndarray, bool]:
+    """The layout's counts of the version's rows logged since ``since`` (the newest
+    ``limit`` rows of ``tenant``), and whether the read hit ``limit``."""
+    samples = await store.recent_features(tenant, since, limit)
+    truncated = sum(len(s.eta) for s in samples) >= limit
+    mine = _pick(samples, layout.version, len(layout.names))
+    X = np.asarray(mine.features, dtype=np.float64).reshape(-1, len(layout.names))
+    # tens of thousands of rows per read: count them off the event loop
+    return await asyncio.to_thread(layout.counts, X, mine.eta), truncated
+
+
 def _check_window(window_s: float, limit: int) -> None:
     if not (math.isfinite(window_s) and window_s > 0):
         raise ConfigError(f"window_s={window_s!r}: must be > 0 seconds")
@@ -515,7 +528,6 @@ async def drift_snapshot(
     serving_since: float | None = None,
     limit: int = DEFAULT_LIMIT,
     cycles: Mapping[str, float] | None = None,
-    eta_reference: Mapping[str, Any] | None = None,
     alpha: float = ALPHA,
     min_rows: int = MIN_ROWS,
     floor: float = PSI_FLOOR,
@@ -525,9 +537,8 @@ async def drift_snapshot(
     One read (:meth:`Store.recent_features`, the newest ``limit`` rows of ``tenant`` since
     ``now − window_s``, or since ``serving_since`` when the version started serving later).
     ``version`` defaults to the manifest's. The ETA distribution is compared with the
-    manifest's ``prediction_reference`` when it has one, else with ``eta_reference`` (a
-    :func:`reference_histograms` entry) when given. Raises ModelLoadError for a manifest
-    without reference histograms, StoreError when the database fails.
+    manifest's ``prediction_reference`` when it has one. Raises ModelLoadError for a
+    manifest without reference histograms, StoreError when the database fails.
     """
     _check_window(window_s, limit)
     now = time.time() if now is None else float(now)
@@ -538,20 +549,14 @@ async def drift_snapshot(
     start = now - window_s
     if serving_since is not None and serving_since > start:
         start = min(serving_since, now)
-    samples = await store.recent_features(tenant, start, limit)
-    truncated = sum(len(s.eta) for s in samples) >= limit
-    mine = _pick(samples, version, len(layout.names))
-    X = np.asarray(mine.features, dtype=np.float64).reshape(-1, len(layout.names))
-    total = layout.counts(X, mine.eta) if len(mine.eta) else np.zeros(layout.size, np.int64)
+    total, truncated = await _read_counts(store, tenant, layout, start, limit)
     notes = [_TRUNCATED_NOTE.format(limit=limit)] if truncated else []
     ref: tuple[str, Mapping[str, Any]] | None = None
-    if layout.eta_manifest is not None:
-        ref = ("manifest", layout.eta_manifest)
-    elif eta_reference is not None:
-        ref = ("first window", eta_reference)
+    eta = None
+    if layout.eta_manifest is not None and layout.eta_m is not None:
+        ref, eta = ("manifest", layout.eta_manifest), total[layout.eta_m]
     else:
         notes.append(_NO_ETA_NOTE)
-    eta = bin_counts(ref[1], mine.eta) if ref is not None else None
     return _judge(
         layout,
         total,
@@ -652,19 +657,19 @@ class DriftMonitor:
         return str(cur.version), cur.manifest
 
     async def _read(self, store: Store, layout: _Layout, since: float) -> tuple[np.ndarray, bool]:
-        samples = await store.recent_features(self.tenant, since, self.limit)
-        truncated = sum(len(s.eta) for s in samples) >= self.limit
-        mine = _pick(samples, layout.version, len(layout.names))
-        X = np.asarray(mine.features, dtype=np.float64).reshape(-1, len(layout.names))
-        # tens of thousands of rows per read: count them off the event loop
-        return await asyncio.to_thread(layout.counts, X, mine.eta), truncated
+        return await _read_counts(store, self.tenant, layout, since, self.limit)
 
     async def _bootstrap(self, store: Store, layout: _Layout, now: float) -> _Track:
         """The window as far back as reads stay under the limit, in pieces, newest first:
         the counts of piece ``[t_k, t_k-1)`` are those since ``t_k`` minus those since
         ``t_k-1``."""
         start = now - self.window_s
-        since = self._since(layout.version) if self._since is not None else None
+        # the registry's alias history: a file, or an object store, read off the event loop
+        since = (
+            await asyncio.to_thread(self._since, layout.version)
+            if self._since is not None
+            else None
+        )
         if since is not None and since > start:
             start = min(since, now)
         track = _Track(layout, start=now, last=now)
@@ -761,21 +766,17 @@ class DriftMonitor:
 
     def publish(self, snap: DriftSnapshot) -> None:
         """Set the gauges from ``snap``; remove the series of other versions and features
-        (set to NaN in multiprocess mode, where prometheus-client cannot remove one)."""
+        (:func:`server.metrics.forget`)."""
         feats = {f.name for f in snap.features}
         for f in snap.features:
             DRIFT_SCORE.labels(f.name).set(f.score)
         MODEL_DRIFT_SCORE.labels(snap.version).set(snap.score)
-        multi = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         for gauge, stale in (
             (DRIFT_SCORE, self._features - feats),
             (MODEL_DRIFT_SCORE, self._versions - {snap.version}),
         ):
             for label in stale:
-                if multi:
-                    gauge.labels(label).set(math.nan)
-                else:
-                    gauge.remove(label)
+                metrics.forget(gauge, label)
         self._features, self._versions = feats, {snap.version}
 
     async def run(self, interval_s: float) -> None:

@@ -44,7 +44,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -57,6 +56,7 @@ from prometheus_client import Gauge
 
 from kernels.errors import ConfigError, StoreError
 from kernels.spec import FeatureSpec
+from server import metrics
 from server.monitoring.timer import refresh_every
 from server.monitoring.windows import Window, parse_window, parse_windows
 from server.store import JoinedRow, Store
@@ -518,10 +518,6 @@ def format_snapshot(snap: QualitySnapshot) -> str:
 # ---- the refresh loop --------------------------------------------------------------------------
 
 
-def _multiprocess() -> bool:
-    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
-
-
 class QualityMonitor:
     """Refreshes a :class:`QualitySnapshot` on a timer and publishes it as gauges.
 
@@ -531,8 +527,7 @@ class QualityMonitor:
     snapshot is :attr:`snapshot` (None before the first refresh).
 
     A series whose ``(version, arm, window)`` holds no rows any more is removed from the
-    gauges. In multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``) prometheus-client cannot
-    remove a series, so it is set to NaN instead (the most recent value wins).
+    gauges (set to NaN in multiprocess mode: :func:`server.metrics.forget`).
     """
 
     def __init__(
@@ -587,13 +582,9 @@ class QualityMonitor:
             MODEL_MAE.labels(*key).set(g.mae)
             MODEL_ACCURACY.labels(*key).set(g.accuracy)
             MODEL_COVERAGE.labels(*key).set(g.coverage)
-        multi = _multiprocess()
         for key in self._series - now:
             for gauge in (MODEL_MAE, MODEL_ACCURACY, MODEL_COVERAGE):
-                if multi:
-                    gauge.labels(*key).set(math.nan)
-                else:
-                    gauge.remove(*key)
+                metrics.forget(gauge, *key)
         self._series = now
         lag = snap.feedback_lag_seconds
         FEEDBACK_LAG.set(math.nan if lag is None else lag)

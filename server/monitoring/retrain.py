@@ -11,6 +11,7 @@ modification time changed. While there is no run log, nothing is exported.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -59,7 +60,8 @@ class RetrainMonitor:
         return True
 
     async def _refresh(self) -> None:
-        self.refresh()
+        # a stat and, when it changed, a read of the whole file: off the event loop
+        await asyncio.to_thread(self.refresh)
 
     async def run(self, interval_s: float) -> None:
         """Refresh now, then every ``interval_s`` seconds, until cancelled."""

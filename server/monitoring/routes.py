@@ -25,7 +25,6 @@ from server.monitoring.quality import (
     tolerance_minutes_for,
 )
 from server.monitoring.retrain import RetrainMonitor
-from server.monitoring.windows import parse_cycles, parse_window, parse_windows
 from server.recorder import Recorder
 from server.runs import run_log_path
 
@@ -52,9 +51,7 @@ def monitoring(settings: Settings, holder: ModelHolder, rec: Recorder) -> Monito
         store,
         settings.tenant_id,
         tolerance_minutes=lambda: tolerance_minutes_for(spec()),
-        windows=parse_windows(
-            [w for w in settings.quality_windows.split(",") if w.strip()], "QUALITY_WINDOWS"
-        ),
+        windows=settings.quality_window_list,
         lookback_s=lambda: lookback_for(spec()),
     )
 
@@ -74,11 +71,9 @@ def monitoring(settings: Settings, holder: ModelHolder, rec: Recorder) -> Monito
         store,
         lambda: holder.model,
         settings.tenant_id,
-        window_s=parse_window(settings.drift_window, "DRIFT_WINDOW").seconds,
+        window_s=settings.drift_window_s,
         serving_since=lambda v: promoted_at(holder.registry, holder.alias, v),
-        cycles=parse_cycles(
-            [c for c in settings.drift_cycles.split(",") if c.strip()], "DRIFT_CYCLES"
-        ),
+        cycles=settings.drift_cycle_seconds,
     )
 
     @get("/v1/monitoring/drift", tags=["monitoring"])
