@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kernels.errors import ConfigError
+from server.monitoring.windows import Window, parse_cycles, parse_window, parse_windows
 
 __all__ = [
     "DEFAULT_ENGINE",
@@ -128,6 +129,41 @@ class Settings:
         """``TRUSTED_PROXIES`` parsed (validated by :func:`load_settings`)."""
         return parse_networks(self.trusted_proxies)
 
+    @property
+    def quality_window_list(self) -> tuple[Window, ...]:
+        """``QUALITY_WINDOWS`` parsed (validated by :func:`load_settings`)."""
+        return parse_windows(_items(self.quality_windows), "QUALITY_WINDOWS")
+
+    @property
+    def drift_window_s(self) -> float:
+        """``DRIFT_WINDOW`` in seconds (validated by :func:`load_settings`)."""
+        return parse_window(self.drift_window, "DRIFT_WINDOW").seconds
+
+    @property
+    def drift_cycle_seconds(self) -> dict[str, float]:
+        """``DRIFT_CYCLES`` as feature -> cycle length in seconds (validated by
+        :func:`load_settings`)."""
+        return parse_cycles(_items(self.drift_cycles), "DRIFT_CYCLES")
+
+
+def _items(text: str) -> list[str]:
+    """The non-blank items of a comma-separated setting."""
+    return [w for w in text.split(",") if w.strip()]
+
+
+#: Numeric settings: their inclusive range, what the number is, and what an edge means.
+_RANGES: tuple[tuple[str, float, float, str, str], ...] = (
+    ("quality_threshold", 0, 100, "a quality score", ""),
+    ("max_batch_size", 1, 1_000_000, "a whole number of rows", ""),
+    ("micro_batch_max", 1, 4096, "a whole number of rows", "1 = no micro-batching"),
+    ("gpu_min_rows", 0, 1_000_000_000, "rows", "0 = never use the GPU for large batches"),
+    ("grpc_port", 0, 65535, "a port", "0 = no gRPC"),
+    ("max_body_mb", 0.01, 1024, "megabytes", ""),
+    ("reload_interval_s", 0.05, 3600, "seconds", ""),
+    ("prediction_retention_days", 0, 36_500, "days", "0 = keep every prediction"),
+    ("quality_interval_s", 1, 86_400, "seconds", ""),
+    ("drift_interval_s", 1, 86_400, "seconds", ""),
+)
 
 _ENV = {
     "environment": "ENVIRONMENT",
@@ -260,8 +296,11 @@ def load_settings(
         raise ConfigError(f"ENVIRONMENT={s.environment!r}: use development, production or test")
     if s.engine not in ENGINES:
         raise ConfigError(f"INTELLILOG_ENGINE={s.engine!r}: use one of {', '.join(ENGINES)}")
-    if not 0 <= s.quality_threshold <= 100:
-        raise ConfigError(f"QUALITY_THRESHOLD={s.quality_threshold!r}: must be within [0, 100]")
+    for name, lo, hi, what, edge in _RANGES:
+        value = getattr(s, name)
+        if not lo <= value <= hi:
+            why = f" ({edge})" if edge else ""
+            raise ConfigError(f"{_ENV[name]}={value!r}: {what} within [{lo}, {hi}]{why}")
     if not (
         (s.database_url.startswith(_SQLITE) and len(s.database_url) > len(_SQLITE))
         or s.database_url.startswith(("postgresql://", "postgres://"))
@@ -283,50 +322,14 @@ def load_settings(
             f"least {MIN_PRODUCTION_TOKEN} (e.g. `python -c 'import secrets; "
             "print(secrets.token_urlsafe(32))'`), or leave it empty for no admin API"
         )
-    if not 1 <= s.max_batch_size <= 1_000_000 or s.max_batch_size != int(s.max_batch_size):
-        raise ConfigError(
-            f"MAX_BATCH_SIZE={s.max_batch_size!r}: a whole number within [1, 1000000]"
-        )
-    if not 1 <= s.micro_batch_max <= 4096:
-        raise ConfigError(
-            f"MICRO_BATCH_MAX={s.micro_batch_max!r}: a whole number of rows within [1, 4096] "
-            "(1 = no micro-batching)"
-        )
-    if not 0 <= s.gpu_min_rows <= 1_000_000_000:
-        raise ConfigError(
-            f"INTELLILOG_GPU_MIN_ROWS={s.gpu_min_rows!r}: a whole number of rows within "
-            "[0, 1000000000] (0 = never use the GPU for large batches)"
-        )
-    if not 0 <= s.grpc_port <= 65535:
-        raise ConfigError(f"GRPC_PORT={s.grpc_port!r}: a port within [1, 65535], or 0 for no gRPC")
     if s.grpc_port and not s.grpc_host:
         raise ConfigError("GRPC_HOST is empty: the address gRPC listens on, e.g. 127.0.0.1")
-    if not 0.01 <= s.max_body_mb <= 1024:
-        raise ConfigError(f"MAX_BODY_MB={s.max_body_mb!r}: must be within [0.01, 1024]")
-    if not 0.05 <= s.reload_interval_s <= 3600:
-        raise ConfigError(f"RELOAD_INTERVAL_S={s.reload_interval_s!r}: must be within [0.05, 3600]")
     if not s.tenant_id:
         raise ConfigError("TENANT_ID is empty")
     if len(s.tenant_id) > 128 or not s.tenant_id.isprintable():
         raise ConfigError(f"TENANT_ID={s.tenant_id!r}: at most 128 printable characters")
-    if not 0 <= s.prediction_retention_days <= 36_500:
-        raise ConfigError(
-            f"PREDICTION_RETENTION_DAYS={s.prediction_retention_days!r}: days within [0, 36500] "
-            "(0 = keep every prediction)"
-        )
-    for name, var in (
-        ("quality_interval_s", "QUALITY_INTERVAL_S"),
-        ("drift_interval_s", "DRIFT_INTERVAL_S"),
-    ):
-        if not 1 <= getattr(s, name) <= 86_400:
-            raise ConfigError(f"{var}={getattr(s, name)!r}: seconds within [1, 86400]")
-    from server.monitoring.windows import parse_cycles, parse_window, parse_windows
-
-    parse_windows(
-        [w for w in s.quality_windows.split(",") if w.strip()] or ["?"], "QUALITY_WINDOWS"
-    )
-    parse_window(s.drift_window, "DRIFT_WINDOW")
-    parse_cycles([c for c in s.drift_cycles.split(",") if c.strip()], "DRIFT_CYCLES")
+    # parsing the windows and cycles raises ConfigError naming the setting
+    _ = (s.quality_window_list, s.drift_window_s, s.drift_cycle_seconds)
     _check_experiments(s)
     if s.spool_path and Path(s.spool_path).is_dir():
         raise ConfigError(
