@@ -103,8 +103,12 @@ def _row(
 
 
 @njit(cache=True)
-def _day_of_year(utc: np.ndarray, offset: np.ndarray, j: int, out: np.ndarray) -> None:
-    """Columns ``j, j+1``: (sin, cos) of the local day of the year (kernels.timefeat)."""
+def _day_of_year(utc: np.ndarray, offset: np.ndarray, tflags: np.ndarray, out: np.ndarray) -> None:
+    """When chosen (``tflags[3]``): (sin, cos) of the local day of the year (kernels.timefeat)
+    in its two columns, after the geo features and the other chosen time features."""
+    if not tflags[3]:
+        return
+    j = 9 + 2 * tflags[0] + 2 * tflags[1] + tflags[2]
     for i in range(utc.shape[0]):
         ys, yc = day_of_year_features(utc[i], offset[i])
         out[i, j] = ys
@@ -134,8 +138,7 @@ def build_features(
     th, td, tw, ty = tflags[0], tflags[1], tflags[2], tflags[3]
     for i in range(plat.shape[0]):
         _row(i, plat, plon, dlat, dlon, utc, offset, cats, nums, th, td, tw, ty, out)
-    if ty:
-        _day_of_year(utc, offset, 9 + 2 * th + 2 * td + tw, out)
+    _day_of_year(utc, offset, tflags, out)
 
 
 @njit(cache=True, parallel=True)
@@ -155,8 +158,7 @@ def build_features_parallel(
     th, td, tw, ty = tflags[0], tflags[1], tflags[2], tflags[3]
     for i in prange(plat.shape[0]):
         _row(i, plat, plon, dlat, dlon, utc, offset, cats, nums, th, td, tw, ty, out)
-    if ty:
-        _day_of_year(utc, offset, 9 + 2 * th + 2 * td + tw, out)
+    _day_of_year(utc, offset, tflags, out)
 
 
 _PARALLEL_FROM = 50_000

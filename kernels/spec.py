@@ -268,8 +268,7 @@ class FeatureSpec:
 
     def normalize_level(self, value: str) -> str:
         """The one normalisation of a categorical value: trimmed, then case per the spec."""
-        v = value.strip()
-        return v.lower() if self.categorical_case == "lower" else v
+        return _normalize_level(value, self.categorical_case)
 
     # -- derived names --------------------------------------------------------------------
     @property
@@ -451,6 +450,12 @@ def default_spec() -> FeatureSpec:
     return parse_spec(text, "kernels/deliveries.toml")
 
 
+def _normalize_level(value: str, case: str) -> str:
+    """:meth:`FeatureSpec.normalize_level` for ``categorical_case = case``."""
+    v = value.strip()
+    return v.lower() if case == "lower" else v
+
+
 def _target(t: str | _TargetDecl, bad: Any) -> Target:
     if isinstance(t, str):
         return Target(t)
@@ -513,10 +518,7 @@ def _resolve(d: _SpecDecl, source: str) -> FeatureSpec:
             decl = _CategoricalDecl(levels=decl)
         if decl.unknown not in ("map", "reject"):
             raise bad(f"categorical.{name}.unknown", "must be 'map' or 'reject'")
-        levels = tuple(
-            lv.strip().lower() if d.categorical_case == "lower" else lv.strip()
-            for lv in decl.levels
-        )
+        levels = tuple(_normalize_level(lv, d.categorical_case) for lv in decl.levels)
         if len(set(levels)) != len(levels):
             raise bad(f"categorical.{name}", "levels must be unique")
         if any(not lv or len(lv) > _MAX_LEVEL_LEN for lv in levels):
