@@ -33,7 +33,7 @@ import io
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -115,15 +115,6 @@ def _f(v: float | None, digits: int = 2) -> str:
 
 def _pct(v: float | None) -> str:
     return "–" if v is None or not math.isfinite(v) else f"{v * 100:.1f}%"
-
-
-def _epoch(iso: str | None) -> float | None:
-    if not iso:
-        return None
-    try:
-        return datetime.fromisoformat(str(iso).replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
 
 def _span(seconds: float) -> str:
@@ -827,13 +818,4 @@ def make_report(
     doc, res = build_report(registry, ref, **kw)
     path = Path(out) if out is not None else default_report_path(res.version)
     write_atomic(path, doc)
-    return ReportResult(
-        path=path,
-        version=res.version,
-        bytes=res.bytes,
-        images=res.images,
-        data_rows=res.data_rows,
-        live_rows=res.live_rows,
-        drift_rows=res.drift_rows,
-        notes=res.notes,
-    )
+    return replace(res, path=path)
