@@ -71,8 +71,8 @@ COMING: frozenset[str] = frozenset(
         "intellilog_prediction_log_queue_depth",  # gauge
     }
 )
-#: Flip to True once issue 9 has landed: every COMING name must then be exported.
-STRICT_COMING = False
+#: Issue 9 has landed: every COMING name must be exported.
+STRICT_COMING = True
 
 EXPECTED: frozenset[str] = EXPORTED | COMING
 

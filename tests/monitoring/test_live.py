@@ -42,10 +42,6 @@ from tests.monitoring.expected import (
 
 pytestmark = pytest.mark.slow
 
-#: Routes the runbooks call that land with other work (issue 9): a 404 is allowed while
-#: they are missing.
-PENDING_ROUTES = {"/v1/monitoring/quality"}
-
 #: Grafana's variables, as the test evaluates the dashboard's queries.
 GRAFANA_VARS = {
     "$__rate_interval": "1m",
@@ -247,10 +243,8 @@ def test_coming_metric(live: Live, name: str) -> None:
     "where,path", [(w, p) for w, method, p in runbook_urls() if method == "GET"]
 )
 def test_runbook_routes_exist(live: Live, where: str, path: str) -> None:
-    """Every GET a runbook runs answers 200 (routes of PENDING_ROUTES may be missing)."""
+    """Every GET a runbook runs answers 200."""
     r = httpx.get(live.server.url + path, timeout=10)
-    if r.status_code == 404 and path in PENDING_ROUTES:
-        pytest.xfail(f"{path}: not served yet (PENDING_ROUTES)")
     assert r.status_code == 200, f"{where}: GET {path} -> {r.status_code}"
 
 

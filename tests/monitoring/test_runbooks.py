@@ -2,9 +2,6 @@
 
 * Every ``intellilog <verb> ...`` line of a ```sh block parses with the real command line
   (``server.cli.build_parser().parse_args``), flags included.
-* Verbs of monitoring work that has not landed (:data:`PENDING`) may be missing from the
-  parser, and only while they are missing: once a verb is in the parser its lines must
-  parse like every other.
 * Links and anchors resolve, metric names are ones the server exports (or will), and
   every query of docs/runbooks/sql/ runs on SQLite and on a real PostgreSQL with the
   product's schema (server/store/migrations) and gives the figures it promises.
@@ -37,10 +34,6 @@ from tests.monitoring.expected import (
     metric_names,
     runbook_commands,
 )
-
-#: Verbs the runbooks use that land with other work (issue 9); allowed to be missing from
-#: the parser while they are. Remove a verb once it has landed.
-PENDING = {"quality", "drift", "feedback"}
 
 
 def _verbs(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -82,9 +75,7 @@ def test_runbook_command_parses(cmd: Command) -> None:
     verbs = _verbs(parser)
     assert cmd.argv, f"{cmd.where}: `intellilog` without a command"
     verb = cmd.argv[0]
-    if verb not in verbs:
-        assert verb in PENDING, f"{cmd}: no such command (intellilog has {sorted(verbs)})"
-        pytest.skip(f"`intellilog {verb}` has not landed yet (PENDING)")
+    assert verb in verbs, f"{cmd}: no such command (intellilog has {sorted(verbs)})"
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
@@ -92,12 +83,6 @@ def test_runbook_command_parses(cmd: Command) -> None:
     except SystemExit:
         pytest.fail(f"{cmd} does not parse: {err.getvalue().strip()}")
     assert args.command == verb
-
-
-def test_pending_verbs_are_used() -> None:
-    """PENDING names only verbs the runbooks use (keep the list honest)."""
-    used = {c.argv[0] for c in COMMANDS if c.argv}
-    assert used >= PENDING, f"PENDING lists verbs no runbook uses: {PENDING - used}"
 
 
 def _anchors(md: Path) -> set[str]:
