@@ -7,12 +7,10 @@ registry), :mod:`~server.experiments.router` (the server follows the running exp
 :mod:`~server.experiments.cli` (``intellilog ab …``).
 """
 
-__all__ = ["ARCHIVE", "ARMS", "CONTINUE", "DECISIONS", "MODES", "PROMOTE"]
+__all__ = ["ARCHIVE", "CONTINUE", "MODES", "PROMOTE"]
 
 # Names only: the CLI's parser imports this package before `serve` sets up the metrics
 # (nothing here may import prometheus_client).
 MODES = ("ab", "shadow")
-#: The arms a prediction is logged under while an experiment runs.
-ARMS = ("baseline", "candidate", "shadow")
+#: The analysis' recommendations (training.abstats); conclude applies the first two.
 PROMOTE, ARCHIVE, CONTINUE = "promote_to_production", "archive_candidate", "continue_testing"
-DECISIONS = (PROMOTE, ARCHIVE, CONTINUE)

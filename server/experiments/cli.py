@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from server.store import Experiment, Store
     from training.registry import Registry
 
-__all__ = ["add_parser", "experiment_dict"]
+__all__ = ["add_parser", "current_user", "experiment_dict"]
 
 
 def experiment_dict(exp: Experiment) -> dict[str, Any]:
@@ -62,10 +62,15 @@ def _run(
     return asyncio.run(go())
 
 
-def _user() -> str:
-    from server.cli import _user as user
+def current_user() -> str:
+    """Who runs this command, for the registry's and experiments' history."""
+    import getpass
+    import os
 
-    return user()
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
 
 
 def cmd_ab(args: argparse.Namespace) -> int:
@@ -76,22 +81,19 @@ def cmd_ab(args: argparse.Namespace) -> int:
     async def body(store: Store, registry: Registry, s: Settings) -> int:
         tenant = tenant_of(s)
         if args.verb == "start":
-            opts = service.StartOptions(
+            opts = service.start_options(
+                s,
                 candidate=args.candidate,
-                mode=args.mode or s.ab_mode,
-                split=s.ab_split if args.split is None else args.split,
-                hours=s.ab_duration_hours if args.hours is None else args.hours,
-                mde=s.ab_mde,
-                power=s.ab_power,
-                alpha=s.ab_alpha,
-                sequential=s.ab_sequential,
+                mode=args.mode,
+                split=args.split,
+                hours=args.hours,
                 reason=args.reason,
             )
-            exp = await service.start(store, registry, tenant, opts, by=_user())
+            exp = await service.start(store, registry, tenant, opts, by=current_user())
             return _show(args, exp, "started")
         if args.verb == "stop":
             exp = await service.stop(
-                store, registry, tenant, args.experiment, by=_user(), reason=args.reason
+                store, registry, tenant, args.experiment, by=current_user(), reason=args.reason
             )
             return _show(args, exp, "stopped")
         if args.verb == "list":
@@ -125,7 +127,7 @@ def cmd_ab(args: argparse.Namespace) -> int:
             registry,
             tenant,
             args.experiment,
-            by=_user(),
+            by=current_user(),
             decision=args.decision,
             reason=args.reason,
         )

@@ -24,13 +24,18 @@ import numpy as np
 
 from kernels.errors import IntelliLogError
 from server.experiments.assign import assign, assign_many
+from server.experiments.service import running
 from server.holder import ModelHolder
 from server.models import LoadedModel
 from server.store import Experiment, Store
 
-__all__ = ["Part", "Route", "Router", "features", "score_rows", "split_rows"]
+__all__ = ["INLINE_ROWS", "Part", "Route", "Router", "features", "score_rows"]
 
 log = logging.getLogger("intellilog.server")
+
+#: batches of up to this many rows are scored on the event loop; larger ones in a thread,
+#: so other requests keep flowing
+INLINE_ROWS = 256
 
 
 @dataclass(frozen=True, eq=False)
@@ -50,12 +55,6 @@ class Route:
         if e.mode == "ab" and assign(e.experiment_id, order_id, e.split):
             return self.candidate, "candidate"
         return production, "baseline"
-
-
-def split_rows(route: Route, order_ids: Sequence[str | None]) -> np.ndarray:
-    """Which rows of a batch the candidate answers (A/B), as a boolean array."""
-    e = route.experiment
-    return assign_many(e.experiment_id, order_ids, e.split)
 
 
 @dataclass(frozen=True, eq=False)
@@ -89,7 +88,8 @@ def score_rows(
         eta, p10, p90 = production.predict(X)
         arm = "production" if route is None else "baseline"
         return eta, p10, p90, [Part(production, arm, None, X)]
-    cand = split_rows(route, order_ids)
+    e = route.experiment
+    cand = assign_many(e.experiment_id, order_ids, e.split)  # the candidate's rows
     eta, p10, p90 = (np.empty(len(order_ids)) for _ in range(3))
     parts: list[Part] = []
     for model, arm, chosen in (
@@ -128,8 +128,7 @@ class Router:
 
     async def refresh(self, store: Store) -> None:
         """Read the running experiment; load its candidate when it changed."""
-        found = await store.experiments(self.tenant, "running")
-        exp = found[0] if found else None
+        exp = await running(store, self.tenant)
         current = self.route
         if exp is None:
             if current is not None:

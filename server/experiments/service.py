@@ -26,23 +26,24 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 import numpy as np
 from msgspec import Meta
 
 from kernels.errors import ConfigError, ModelLoadError
-from server.experiments import ARCHIVE, ARMS, CONTINUE, DECISIONS, MODES, PROMOTE
+from server.experiments import ARCHIVE, CONTINUE, MODES, PROMOTE
 from server.models import model_spec
 from server.monitoring.quality import tolerance_minutes_for
 from server.store import Experiment, JoinedRow, Store
 from training import abstats
 from training.registry import MAX_REF_LEN, Registry
 
+if TYPE_CHECKING:
+    from server.config import Settings
+
 __all__ = [
-    "ARMS",
-    "DECISIONS",
     "MAX_REASON",
     "MODES",
     "ExperimentConflict",
@@ -54,6 +55,7 @@ __all__ = [
     "find",
     "running",
     "start",
+    "start_options",
     "stop",
 ]
 
@@ -86,6 +88,23 @@ class StartOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     alpha: float = 0.05
     sequential: bool = True
     reason: Annotated[str, Meta(max_length=MAX_REASON)] = ""
+
+
+def start_options(settings: Settings, **given: Any) -> StartOptions:
+    """:class:`StartOptions` with the ``AB_*`` settings for what ``given`` leaves out (or
+    gives as None): the CLI's flags and the admin route's defaults."""
+    fields: dict[str, Any] = {
+        "candidate": "",
+        "mode": settings.ab_mode,
+        "split": settings.ab_split,
+        "hours": settings.ab_duration_hours,
+        "mde": settings.ab_mde,
+        "power": settings.ab_power,
+        "alpha": settings.ab_alpha,
+        "sequential": settings.ab_sequential,
+    }
+    fields.update((k, v) for k, v in given.items() if v is not None)
+    return StartOptions(**fields)
 
 
 def _new_id(now: float) -> str:

@@ -123,16 +123,6 @@ def tensors(v2: V2Model, request: Any) -> list[Tensor]:
     return out
 
 
-def _check_outputs(request: Any) -> list[str]:
-    for i, o in enumerate(request.outputs):
-        if "classification" in o.parameters:
-            raise V2InputError(
-                f"outputs[{i}].parameters.classification: not supported; the outputs are "
-                "regression values"
-            )
-    return V2Model.outputs([o.name for o in request.outputs])
-
-
 def _ids(context: Any) -> tuple[str, str]:
     """``(request id, unique id)`` as HTTP makes them from ``x-request-id``."""
     given = ""
@@ -243,7 +233,9 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
                     "not ready: the model is loading or the store is not open; retry",
                 )
             batch = self.v2.rows(tensors(self.v2, request))
-            wanted = _check_outputs(request)
+            wanted = V2Model.outputs(
+                [(o.name, "classification" in o.parameters) for o in request.outputs]
+            )
             rid, uid = _ids(context)
             ans = await self.v2.score(batch, rid, uid)
             n = len(batch.items)
