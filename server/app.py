@@ -52,13 +52,13 @@ from kernels.errors import (
 )
 from server import metrics
 from server.config import Settings, load_settings
-from server.experiments.router import Part, Router, features, score_rows
+from server.experiments.router import INLINE_ROWS, Part, Router, features, score_rows
 from server.experiments.routes import experiment_routes
 from server.experiments.service import (
     ExperimentConflict,
     ExperimentNotFound,
-    StartOptions,
     UnknownCandidate,
+    start_options,
 )
 from server.feedback import Feedback, FeedbackAccepted, accepted, batch_struct, completed_epoch
 from server.holder import ModelHolder
@@ -81,6 +81,8 @@ _MAX_REF = MAX_REF_LEN
 ALLOW_POST = {"allow": "POST"}
 Receive = Callable[[], Awaitable[Any]]
 Send = Callable[[Any], Awaitable[None]]
+#: what POST /v1/predict/batch's scoring returns: order ids, ETA, p10, p90, log chunks, parts
+_BatchOut = tuple[list[str], list[float], list[float], list[float], list[Any], list[Part]]
 
 # ---- errors: one table from product errors to HTTP -------------------------------------------
 
@@ -681,14 +683,17 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
                 "unsupported_media_type",
                 f"Content-Type must be {JSON}, got {ct.decode('latin-1') or 'none'!r}",
             )
-        body = b""
+        parts: list[bytes] = []  # joined once: += would copy the body for every part
+        size = 0
         while True:
             msg = await receive()
-            body += msg.get("body", b"")
-            if len(body) > max_body:
+            part = msg.get("body", b"")
+            size += len(part)
+            if size > max_body:
                 raise HTTPException(status_code=413, detail="request body too large")
+            parts.append(part)
             if not msg.get("more_body", False):
-                return body, rid, own
+                return (parts[0] if len(parts) == 1 else b"".join(parts)), rid, own
 
     async def send_json(send: Send, payload: bytes, rid: str) -> None:
         headers = [
@@ -755,9 +760,8 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
         uid = (own or _new_rid()) if log_on else ""
 
         route = router.route if router is not None else None
-        Out = tuple[list[str], list[float], list[float], list[float], list[Any], list[Part]]
 
-        def run() -> Out:
+        def run() -> _BatchOut:
             orders = [getattr(it, key) for it in items]
             eta, p10, p90, parts = score_rows(route, model, items, orders)
             e, lo, hi = eta.tolist(), p10.tolist(), p90.tolist()
@@ -779,29 +783,32 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
                         arm=p.arm,
                     )
                 )
-            elif log_on:  # an A/B test: one chunk per arm, of its rows
-                sent = [bytes(r).decode() for r in dec_raw.decode(body).deliveries]  # type: ignore[attr-defined]
+            elif log_on:  # an A/B test: one chunk per arm, of its rows' inputs as sent
+                sent = dec_raw.decode(body).deliveries  # type: ignore[attr-defined]
                 for part in parts:
                     pick = part.rows.tolist() if part.rows is not None else []
+                    inputs = [sent[i] for i in pick]
                     logged.append(
-                        rec.texts_chunk(
+                        rec.chunk(
                             rid,
                             _new_rid(),
                             [orders[i] for i in pick],
-                            [sent[i] for i in pick],
+                            b"".join(inputs),
                             part.X,
                             [e[i] for i in pick],
                             [lo[i] for i in pick],
                             [hi[i] for i in pick],
                             part.model.version,
-                            part.arm,
+                            sizes=[len(r) for r in inputs],
+                            arm=part.arm,
                         )
                     )
             return orders, e, lo, hi, logged, parts
 
         # small batches inline; big ones off the event loop so other requests keep flowing
         n = len(items)
-        orders, eta, p10, p90, logged, parts = run() if n <= 256 else await asyncio.to_thread(run)
+        big = n > INLINE_ROWS
+        orders, eta, p10, p90, logged, parts = await asyncio.to_thread(run) if big else run()
         batch_latency.observe(time.perf_counter() - t0)
         metrics.BATCH_ROWS.observe(n)
         for chunk in logged:
@@ -842,7 +849,7 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
                 rid, _new_rid(), orders, body, X, e, lo, hi, v, rows_at="deliveries", arm="shadow"
             )
 
-        chunk = run() if len(orders) <= 256 else await asyncio.to_thread(run)
+        chunk = run() if len(orders) <= INLINE_ROWS else await asyncio.to_thread(run)
         if chunk is not None:
             rec.submit(chunk)
 
@@ -959,17 +966,19 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
 
     handlers: list[Any] = [predict, predict_batch, feedback, live, ready, models, prometheus]
     handlers += mon.handlers
-    from server.kserve import infer_request_schema, kserve_routes
+    from server.kserve import V2Model, infer_request_schema, kserve_routes
 
-    handlers += kserve_routes(
+    # the V2 protocol's model: the REST routes and the gRPC service (GRPC_PORT) serve it
+    v2 = V2Model(
         holder,
         spec,
         max_batch,
         recorder=rec if log_on else None,
-        ids=_ids,
         ready=is_ready,
         router=router,
+        batcher=batcher,
     )
+    handlers += kserve_routes(v2, ids=_ids)
 
     if settings.admin_token:
         token = settings.admin_token
@@ -1062,16 +1071,7 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
             store_of=open_store,
             registry=holder.registry,
             tenant=settings.tenant_id,
-            defaults=StartOptions(
-                candidate="",
-                mode=settings.ab_mode,
-                split=settings.ab_split,
-                hours=settings.ab_duration_hours,
-                mde=settings.ab_mde,
-                power=settings.ab_power,
-                alpha=settings.ab_alpha,
-                sequential=settings.ab_sequential,
-            ),
+            defaults=start_options(settings),
             changed=routing_changed,
         )
 
@@ -1094,20 +1094,9 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
         tasks.extend(asyncio.create_task(loop()) for loop in mon.loops)
         if settings.grpc_port:  # the V2 gRPC service in this worker (server/grpc)
             from server.grpc import start_grpc
-            from server.kserve import V2Model
 
-            v2 = V2Model(
-                holder,
-                spec,
-                max_batch,
-                recorder=rec if log_on else None,
-                ready=is_ready,
-                router=router,
-                batcher=batcher,
-            )
-            max_bytes = int(settings.max_body_mb * 1024 * 1024)
             grpc_servers.append(
-                await start_grpc(v2, settings.grpc_host, settings.grpc_port, max_bytes)
+                await start_grpc(v2, settings.grpc_host, settings.grpc_port, max_body)
             )
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop = asyncio.get_running_loop()
@@ -1128,7 +1117,7 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
         exception_handlers={Exception: _handle_exception},
         on_startup=[on_startup],
         on_shutdown=[on_shutdown],
-        request_max_body_size=int(settings.max_body_mb * 1024 * 1024),
+        request_max_body_size=max_body,
         openapi_config=OpenAPIConfig(
             title="IntelliLog-AI",
             version="1",

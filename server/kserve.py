@@ -45,7 +45,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath
 
 from kernels.spec import FeatureSpec
-from server.experiments.router import Part, Router, features, score_rows
+from server.experiments.router import INLINE_ROWS, Part, Router, features, score_rows
 from server.holder import ModelHolder
 from server.recorder import new_request_id
 
@@ -341,7 +341,7 @@ class Answer:
 @dataclass(frozen=True, eq=False)
 class _Rows:
     items: list[Any]
-    sent: list[str] | None
+    sent: list[bytes] | None  # each row's tensor values as JSON (None: nothing is logged)
     has_key: bool
 
 
@@ -378,6 +378,8 @@ class V2Model:
         self.optional = {n.name for n in spec.numeric if n.optional} | {spec.key}
         #: optional numeric inputs: NaN in their binary data means missing (JSON null)
         self._nan_missing = {n.name for n in spec.numeric if n.optional}
+        #: the type msgspec.convert makes the rows into (built once)
+        self._items: Any = list[spec.request_struct]  # type: ignore[name-defined]
 
     def is_ready(self) -> bool:
         if self._ready is not None:
@@ -412,18 +414,24 @@ class V2Model:
             )
 
     @staticmethod
-    def outputs(names: Sequence[str] | None) -> list[str]:
-        """The outputs asked for (None or empty: all three), checked."""
-        wanted = list(names) if names else list(OUTPUTS)
+    def outputs(requested: Sequence[tuple[str, bool]]) -> list[str]:
+        """The names of the outputs asked for (empty: all three), checked; ``requested``:
+        each output's name and whether its parameters ask for classification."""
+        wanted = [name for name, _ in requested] or list(OUTPUTS)
         unknown = [w for w in wanted if w not in OUTPUTS]
         if unknown:
             raise V2InputError(f"unknown output {unknown[0]!r}; outputs are {', '.join(OUTPUTS)}")
+        for i, (_, classification) in enumerate(requested):
+            if classification:
+                raise V2InputError(
+                    f"outputs[{i}].parameters.classification: not supported; the outputs "
+                    "are regression values"
+                )
         return wanted
 
-    def rows(self, inputs: Sequence[Tensor], log: bool = True) -> _Rows:
-        """The request's rows as request structs; with ``log`` (and a recorder), each
-        row's tensor values as sent (JSON) too."""
-        Item = self.spec.request_struct
+    def rows(self, inputs: Sequence[Tensor]) -> _Rows:
+        """The request's rows as request structs; with a recorder, each row's tensor
+        values as sent (JSON) too."""
         seen: dict[str, list[Any]] = {}
         n: int | None = None
         for t in inputs:
@@ -466,16 +474,14 @@ class V2Model:
         names = list(seen)
         cols = [seen[k] for k in names]
         dicts = [dict(zip(names, vals, strict=True)) for vals in zip(*cols, strict=True)]
-        sent = (
-            [_enc.encode(d).decode() for d in dicts] if log and self.recorder is not None else None
-        )
+        sent = [_enc.encode(d) for d in dicts] if self.recorder is not None else None
         key = self.spec.key
         has_key = key in seen
         if not has_key:
             for i, d in enumerate(dicts):
                 d[key] = str(i)
         try:
-            items = msgspec.convert(dicts, list[Item])  # type: ignore[valid-type]
+            items = msgspec.convert(dicts, self._items)
         except msgspec.ValidationError as exc:
             msg, _, where = str(exc).rpartition(" - at `$[")
             if not _:
@@ -494,27 +500,53 @@ class V2Model:
         orders = [getattr(it, key) for it in items] if batch.has_key else [None] * len(items)
         route = self.router.route if self.router is not None else None
 
+        def log_chunk(
+            uid: str,
+            pick: Sequence[int] | None,
+            X: np.ndarray,
+            e: list[float],
+            lo: list[float],
+            hi: list[float],
+            version: str,
+            arm: str,
+        ) -> Any:
+            """The log chunk of the rows ``pick`` (None: every row) of this request."""
+            assert recorder is not None and sent is not None
+            if pick is None:
+                inputs, order_ids = sent, orders
+            else:
+                inputs, order_ids = [sent[j] for j in pick], [orders[j] for j in pick]
+                e, lo, hi = [e[j] for j in pick], [lo[j] for j in pick], [hi[j] for j in pick]
+            return recorder.chunk(
+                rid,
+                uid,
+                order_ids,
+                b"".join(inputs),
+                X,
+                e,
+                lo,
+                hi,
+                version,
+                sizes=[len(r) for r in inputs],
+                arm=arm,
+            )
+
         def log(parts: list[Part], e: list[float], lo: list[float], hi: list[float]) -> list[Any]:
             if recorder is None or sent is None:
                 return []
-            logged = []
-            for i, part in enumerate(parts):
-                pick = part.rows.tolist() if part.rows is not None else range(len(items))
-                logged.append(
-                    recorder.texts_chunk(
-                        rid,
-                        uid if i == 0 else new_request_id(),
-                        [orders[j] for j in pick],
-                        [sent[j] for j in pick],
-                        part.X,
-                        [e[j] for j in pick],
-                        [lo[j] for j in pick],
-                        [hi[j] for j in pick],
-                        part.model.version,
-                        part.arm,
-                    )
+            return [
+                log_chunk(
+                    uid if i == 0 else new_request_id(),
+                    part.rows.tolist() if part.rows is not None else None,
+                    part.X,
+                    e,
+                    lo,
+                    hi,
+                    part.model.version,
+                    part.arm,
                 )
-            return logged
+                for i, part in enumerate(parts)
+            ]
 
         def run() -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Part], list[Any]]:
             eta, p10, p90, parts = score_rows(route, model, items, orders)
@@ -527,7 +559,7 @@ class V2Model:
             eta, p10, p90 = (np.array([v], dtype=np.float64) for v in one)
             parts = [Part(model, "production" if route is None else "baseline", None, X)]
             logged = log(parts, [one[0]], [one[1]], [one[2]]) if recorder else []
-        elif len(items) <= 256:
+        elif len(items) <= INLINE_ROWS:
             eta, p10, p90, parts, logged = run()
         else:
             eta, p10, p90, parts, logged = await asyncio.to_thread(run)
@@ -549,24 +581,18 @@ class V2Model:
         if route is not None and route.shadow:  # scored off the response path
             cand_model = route.candidate
 
-            async def shadow() -> None:
+            def score_shadow() -> Any:
                 X = features(cand_model, items)
                 e, lo, hi = (a.tolist() for a in cand_model.predict(X))
-                if recorder is not None and sent is not None:
-                    recorder.submit(
-                        recorder.texts_chunk(
-                            rid,
-                            new_request_id(),
-                            orders,
-                            sent,
-                            X,
-                            e,
-                            lo,
-                            hi,
-                            cand_model.version,
-                            "shadow",
-                        )
-                    )
+                if recorder is None or sent is None:
+                    return None
+                return log_chunk(new_request_id(), None, X, e, lo, hi, cand_model.version, "shadow")
+
+            async def shadow() -> None:
+                big = len(items) > INLINE_ROWS
+                logged = await asyncio.to_thread(score_shadow) if big else score_shadow()
+                if logged is not None and recorder is not None:
+                    recorder.submit(logged)
 
         outs = {"eta_minutes": eta, "eta_p10": p10, "eta_p90": p90}
         return Answer(outs, version, params, shadow)
@@ -695,21 +721,12 @@ def infer_request_schema(spec: FeatureSpec, max_batch: int) -> dict[str, Any]:
 
 
 def kserve_routes(
-    holder: ModelHolder,
-    spec: FeatureSpec,
-    max_batch: int,
+    core: V2Model,
     *,
-    recorder: Recorder | None = None,
     ids: Callable[[Request[Any, Any, Any]], tuple[str, str]] | None = None,
-    ready: Callable[[], bool] | None = None,
-    router: Router | None = None,
-    v2: V2Model | None = None,
 ) -> list[Any]:
-    """The V2 routes over ``holder``. ``recorder``: log every answered row (None: log
-    nothing); ``ids(request)``: its ``(request id, unique id)``; ``ready()``: readiness
-    (default: the model is loaded). ``v2``: the :class:`V2Model` to serve (default: one
-    built from the other arguments)."""
-    core = v2 or V2Model(holder, spec, max_batch, recorder=recorder, ready=ready, router=router)
+    """The V2 REST routes over ``core`` (the gRPC service serves the same object).
+    ``ids(request)``: its ``(request id, unique id)`` (default: a fresh id for both)."""
 
     def check_name(name: str) -> Response[bytes] | None:
         if name != MODEL_NAME:
@@ -793,18 +810,17 @@ def kserve_routes(
                         "tensor data extension (an Inference-Header-Content-Length header)"
                     )
             batch = core.rows(req.inputs)
-            wanted = core.outputs([o.name for o in req.outputs] if req.outputs else None)
+            wanted = core.outputs(
+                [
+                    (o.name, (o.parameters or {}).get("classification") is not None)
+                    for o in req.outputs or []
+                ]
+            )
             default_binary = _flag(req.parameters, "binary_data_output", "parameters", False)
             binary = [
                 _flag(o.parameters, "binary_data", f"outputs[{i}].parameters", default_binary)
                 for i, o in enumerate(req.outputs or [])
             ] or [default_binary] * len(wanted)
-            for i, o in enumerate(req.outputs or []):
-                if (o.parameters or {}).get("classification") is not None:
-                    raise V2InputError(
-                        f"outputs[{i}].parameters.classification: not supported; the outputs "
-                        "are regression values"
-                    )
         except (V2InputError, msgspec.ValidationError, msgspec.DecodeError) as exc:
             return _err(400, str(exc))
         if ids is not None:

@@ -329,6 +329,7 @@ def test_every_route_answers_and_logs_by_arm(
 ) -> None:
     """Single, batch and V2 requests in an A/B test and then a shadow test: the assigned
     arm answers, the answer says which, and the log holds what each version said."""
+    import json
     import time
 
     from tests.e2e import servekit as kit
@@ -359,15 +360,35 @@ def test_every_route_answers_and_logs_by_arm(
     single = [c.post("/v1/predict", json=r).json() for r in rows]
     assert [s["arm"] == "candidate" for s in single] == want
     assert [s["model_version"] for s in single] == ["v2" if w else "v1" for w in want]
-    batch = c.post("/v1/predict/batch", json={"deliveries": rows}).json()["predictions"]
+    batch = c.post(
+        "/v1/predict/batch", json={"deliveries": rows}, headers={"x-request-id": "ab-batch"}
+    ).json()["predictions"]
     assert [(b["arm"], b["model_version"]) for b in batch] == [
         (s["arm"], s["model_version"]) for s in single
     ]
     assert [b["eta_minutes"] for b in batch] == [s["eta_minutes"] for s in single]
-    v2 = c.post("/v2/models/eta/infer", json=v2_request(rows, with_key=True)).json()
+    v2 = c.post(
+        "/v2/models/eta/infer",
+        json=v2_request(rows, with_key=True),
+        headers={"x-request-id": "ab-v2"},
+    ).json()
     assert v2["parameters"]["arm"] == "mixed" and v2["parameters"]["candidate_version"] == "v2"
     assert v2["parameters"]["candidate_rows"] == ",".join(str(i) for i, w in enumerate(want) if w)
     assert v2["outputs"][0]["data"] == [s["eta_minutes"] for s in single]
+
+    # the log holds each row of a split request under its arm, with its input as sent
+    def by_request(rid: str) -> dict[str, tuple[str, str, float, Any]]:
+        sql = (
+            "SELECT order_id, arm, model_version, eta, inputs FROM predictions WHERE request_id = ?"
+        )
+        return {o: (a, v, e, json.loads(i)) for o, a, v, e, i in raw_sql(url, sql, rid)}
+
+    expect = {
+        r["order_id"]: (s["arm"], s["model_version"], s["eta_minutes"], r)
+        for r, s in zip(rows, single, strict=True)
+    }
+    until(lambda: len(by_request("ab-batch")) == len(by_request("ab-v2")) == len(rows))
+    assert by_request("ab-batch") == expect == by_request("ab-v2")
     # without order ids every V2 row goes to the baseline
     keyless = c.post("/v2/models/eta/infer", json=v2_request(rows[:3], with_key=False)).json()
     assert keyless["parameters"] == {"arm": "baseline"} and keyless["model_version"] == "v1"
