@@ -17,6 +17,7 @@ from typing import Any
 
 from kernels.errors import ConfigError, IntelliLogError
 from kernels.spec import FeatureSpec, load_spec
+from server.experiments.cli import current_user
 
 __all__ = ["main"]
 
@@ -39,16 +40,6 @@ def _registry(args: argparse.Namespace) -> Any:
 
 def _spec(args: argparse.Namespace) -> FeatureSpec:
     return load_spec(getattr(args, "spec", None))
-
-
-def _user() -> str:
-    """Who runs this command, for the registry's and experiments' history."""
-    import getpass
-
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return f"uid {os.getuid()}"
 
 
 def _positive_int(s: str) -> int:
@@ -264,17 +255,17 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.action == "promote":
         if not args.version:
             raise ConfigError("models promote needs a VERSION")
-        prev = reg.promote(args.version, args.alias, by=_user(), reason=args.reason)
+        prev = reg.promote(args.version, args.alias, by=current_user(), reason=args.reason)
         print(f"{args.alias}: {prev or '(none)'} -> {reg.resolve(args.version)}")
         return 0
     if args.action == "rollback":
-        v = reg.rollback(args.alias, by=_user(), reason=args.reason)
+        v = reg.rollback(args.alias, by=current_user(), reason=args.reason)
         print(f"{args.alias} rolled back to {v}")
         return 0
     if args.action == "archive":
         if not args.version or not args.reason:
             raise ConfigError("models archive needs a VERSION and --reason")
-        print(f"archived {reg.archive(args.version, args.reason, by=_user())}")
+        print(f"archived {reg.archive(args.version, args.reason, by=current_user())}")
         return 0
     if args.action == "history":
         print(json.dumps(reg.history(args.alias), indent=2))
@@ -577,15 +568,12 @@ def cmd_drift(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """One self-contained HTML page about a model version (server/report.py)."""
-    from server.monitoring.drift import parse_cycles
     from server.monitoring.quality import parse_window
     from server.report import make_report
 
     settings = _settings()
     window = parse_window(args.window or settings.drift_window, "--window")
-    cycles = parse_cycles(
-        [c for c in settings.drift_cycles.split(",") if c.strip()], "DRIFT_CYCLES"
-    )
+    cycles = settings.drift_cycle_seconds
     if not args.days > 0:
         raise ConfigError(f"--days={args.days!r}: must be > 0")
     res = make_report(

@@ -293,7 +293,6 @@ async def _fetch(ctx: _Ctx, store: Any, spec: FeatureSpec) -> tuple[pa.Table, pa
 async def _run(ctx: _Ctx) -> None:
     from server.experiments.service import StartOptions, running, start
     from server.models import model_spec, served_check
-    from server.monitoring.windows import parse_cycles
     from server.store import open_store
     from training.io import read_table, write_table
     from training.job import train_job
@@ -341,7 +340,7 @@ async def _run(ctx: _Ctx) -> None:
             reg, {"new": new, "production": prod}, holdout, s.engine, spec.goal.tolerance
         )
         rec["metrics"] = metrics
-        cycles = parse_cycles([c for c in s.drift_cycles.split(",") if c.strip()], "DRIFT_CYCLES")
+        cycles = s.drift_cycle_seconds
         rec["drift"] = window_drift(manifest, spec, window, cycles)
         new_mae, prod_mae = metrics["new"]["mae"], metrics["production"]["mae"]
         improvement = (prod_mae - new_mae) / prod_mae if prod_mae > 0 else 0.0
