@@ -1115,6 +1115,9 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
     app = Litestar(
         route_handlers=handlers,
         exception_handlers={Exception: _handle_exception},
+        # server.logs configures logging; Litestar's default config would add its own
+        # handler on the root logger, bound to whatever sys.stderr was at app creation
+        logging_config=None,
         on_startup=[on_startup],
         on_shutdown=[on_shutdown],
         request_max_body_size=max_body,
