@@ -483,7 +483,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         respawn_all(*a, **kw)
 
     server.signal_handler_reload = checked_reload  # type: ignore[method-assign]
-    server.serve()
+    writer = None
+    if settings.prediction_log and settings.prediction_log_writer == "process":
+        from server.store import relay
+
+        if relay.supported():  # else each worker logs on a thread of its own
+            writer = relay.WriterProcess()
+            writer.start()
+    try:
+        server.serve()
+    finally:
+        if writer is not None:  # after the workers: every row they put is written
+            writer.stop()
     return 0
 
 

@@ -74,6 +74,10 @@ class Settings:
     reload_interval_s: float = 1.0  # how often the server checks the registry aliases
     # every answered prediction is logged to DATABASE_URL off the hot path (server.recorder)
     prediction_log: bool = True
+    # who writes the log under `intellilog serve`: "process" = one log-writer process fed
+    # by every worker through shared memory (server.store.relay; Linux x86-64), "thread" =
+    # each worker on a thread of its own (the store's work then shares its core)
+    prediction_log_writer: str = "process"
     # predictions and feedback older than this are deleted, hourly; 0 = keep everything
     prediction_retention_days: float = 30.0
     # rows waiting for the database when it is down; "" = see spool_file
@@ -188,6 +192,7 @@ _ENV = {
     "grpc_host": "GRPC_HOST",
     "reload_interval_s": "RELOAD_INTERVAL_S",
     "prediction_log": "PREDICTION_LOG",
+    "prediction_log_writer": "PREDICTION_LOG_WRITER",
     "prediction_retention_days": "PREDICTION_RETENTION_DAYS",
     "spool_path": "SPOOL_PATH",
     "quality_interval_s": "QUALITY_INTERVAL_S",
@@ -341,6 +346,10 @@ def load_settings(
 
 def _check_experiments(s: Settings) -> None:
     """The AB_* and RETRAIN_* settings, by the rules ``ab start`` and ``retrain`` apply."""
+    if s.prediction_log_writer not in ("process", "thread"):
+        raise ConfigError(
+            f"PREDICTION_LOG_WRITER={s.prediction_log_writer!r}: use process or thread"
+        )
     if s.ab_mode not in ("ab", "shadow"):
         raise ConfigError(f"AB_MODE={s.ab_mode!r}: use ab or shadow")
     for var, value, lo, hi in (

@@ -33,6 +33,7 @@ __all__ = [
     "MODEL_INFO",
     "MODEL_RELOADS",
     "PREDICTION_LATENCY",
+    "PREDICTION_LOG_OVERFLOW",
     "PREDICTION_LOG_QUEUE",
     "PREDICTION_LOG_ROWS",
     "RATE_LIMITED",
@@ -92,6 +93,12 @@ PREDICTION_LOG_ROWS = Counter(
 )
 for _outcome in ("written", "spooled", "replayed", "dropped"):
     PREDICTION_LOG_ROWS.labels(_outcome)
+# Predictions the log writer's ring (server.store.relay) had no room for: logged by the
+# worker itself instead, on its own core (the writer is behind, or gone).
+PREDICTION_LOG_OVERFLOW = Counter(
+    "intellilog_prediction_log_relay_overflow_rows_total",
+    "predictions logged in the worker because the log writer's ring was full",
+)
 PREDICTION_LOG_QUEUE = Gauge(
     "intellilog_prediction_log_queue_depth",
     "predictions waiting in memory for the store",

@@ -48,6 +48,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from random import getrandbits as _bits
 
 import numpy as np
 
@@ -63,6 +64,10 @@ from server.store import (
     store_from_url,
 )
 from server.store.chunks import PredictionChunk
+from server.store.relay import ENV as RELAY_ENV
+from server.store.relay import STALL_S as RELAY_STALL_S
+from server.store.relay import Ring, encode_chunk, read_chunk
+from server.store.relay import supported as relay_supported
 
 __all__ = ["ARM", "Recorder", "new_request_id"]
 
@@ -78,12 +83,16 @@ def new_request_id() -> str:
     """A fresh request id: 32 hex digits, the first 12 the time in milliseconds since the
     epoch and the other 20 random (the layout of a UUIDv7, without its version bits).
 
+    The random part comes from :mod:`random` (no system call per request: ``os.urandom``
+    cost ~1–4 µs of a ~100 µs single-row request); it only has to be unique, and Python
+    reseeds it from the system in every forked worker.
+
     Row ids start with it, and the store indexes rows by that start
     (``prediction_keys``): ids that grow with time are appended to the end of that index
     instead of dirtying a random page of it per request (SQLite writes every dirtied page
     to its WAL on commit: a 4 KiB page per request for random ids).
     """
-    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
+    return f"{time.time_ns() // 1_000_000:012x}{_bits(80):020x}"
 
 
 class Recorder:
@@ -101,6 +110,7 @@ class Recorder:
         reopen_interval: float | None = None,
         prune_interval: float = 3600.0,
         metrics_interval: float = 1.0,
+        relay: str | Path | None = None,
     ) -> None:
         #: PREDICTION_LOG: routes submit predictions only when True
         self.enabled = settings.prediction_log
@@ -117,6 +127,16 @@ class Recorder:
         self.ready = False
         #: the store is open (False while it was down since start-up)
         self.store_open = False
+        #: the folder of the log writer's rings (server.store.relay): from ``relay``, else
+        #: from ``intellilog serve`` (INTELLILOG_LOG_RELAY) with PREDICTION_LOG_WRITER=process
+        if relay is None and settings.prediction_log_writer == "process":
+            relay = os.environ.get(RELAY_ENV) or None
+        self.relay_folder = Path(relay) if relay and self.enabled else None
+        #: this worker's ring while the log writer takes its predictions, else None
+        self.relay: Ring | None = None
+        self._ring: Ring | None = None  # kept after a takeover (its counters, its lock)
+        self._ring_stall = (0, 0.0)  # (tail, since when) while rows wait in the ring
+        self._overflow_seen = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._seen = {"written": 0, "spooled": 0, "replayed": 0, "dropped": 0}
         self._feedback_written = 0  # feedback rows in the log's rows_written
@@ -154,6 +174,7 @@ class Recorder:
         # ~1 µs per batch row less than with 2000 (bench/RESULTS.md, "Prediction log cost")
         self.log = PredictionLog(store, self.spool_path, batch_size=8000)
         await self.log.start()
+        self._open_relay()
         self._tasks.append(asyncio.create_task(self._publish(), name="intellilog-log-metrics"))
         if self.retention_s > 0:
             self._tasks.append(asyncio.create_task(self._pruner(), name="intellilog-prune"))
@@ -170,6 +191,7 @@ class Recorder:
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        self._close_relay()
         if self.log is not None:
             await self.log.close()
             self.publish()
@@ -223,7 +245,11 @@ class Recorder:
         )
 
     def submit(self, chunk: PredictionChunk) -> None:
-        """Queue ``chunk`` for the store: no await, no I/O (``PredictionLog.submit``)."""
+        """Queue ``chunk`` for the store: no await, no I/O. Into this worker's ring of
+        the log writer when there is one and it has room, else ``PredictionLog.submit``."""
+        relay = self.relay
+        if relay is not None and relay.put(encode_chunk(chunk), len(chunk)):
+            return
         if self.log is not None:
             self.log.submit(chunk)
         else:  # a request answered outside the lifespan (no start()): nowhere to log it
@@ -258,6 +284,9 @@ class Recorder:
             (p90,),
             time.time(),
         )
+        relay = self.relay
+        if relay is not None and relay.put(encode_chunk(c), 1):
+            return
         if self.log is not None:
             self.log.submit(c)
         else:
@@ -286,6 +315,13 @@ class Recorder:
             request_id, uid, order_ids, blob, X, eta, p10, p90, version, sizes=sizes, arm=arm
         )
 
+    async def flush_predictions(self) -> None:
+        """Wait until every prediction submitted so far is in the store (or the spool):
+        the log writer's share first, then this worker's queue."""
+        await self._flush_relay()
+        if self.log is not None and self.log.queue_depth:
+            await self.log.flush()
+
     # -- feedback -----------------------------------------------------------------------
 
     async def write_feedback(
@@ -308,8 +344,7 @@ class Recorder:
             )
             for o, a, c in items
         ]
-        if plog.queue_depth:
-            await plog.flush()
+        await self.flush_predictions()
         result = await plog.write_feedback_durable(rows)
         if not result.spooled:
             self._feedback_written += len(rows)
@@ -335,12 +370,22 @@ class Recorder:
             "replayed": plog.rows_replayed,
             "dropped": plog.rows_dropped,
         }
+        queued = plog.queue_depth
+        if self._ring is not None:  # the log writer's counters for this worker's rows
+            ring = self._ring.counters()
+            for outcome in now:
+                now[outcome] += ring[outcome]
+            queued += self._ring.rows_put - ring["taken"] + ring["queued"]
+            refused = self._ring.rows_refused - self._overflow_seen
+            if refused > 0 and self.relay is not None:  # after a takeover: not overflow
+                metrics.PREDICTION_LOG_OVERFLOW.inc(refused)
+            self._overflow_seen = self._ring.rows_refused
         for outcome, value in now.items():
             delta = value - self._seen[outcome]
             if delta > 0:
                 metrics.PREDICTION_LOG_ROWS.labels(outcome).inc(delta)
                 self._seen[outcome] = value
-        metrics.PREDICTION_LOG_QUEUE.set(plog.queue_depth)
+        metrics.PREDICTION_LOG_QUEUE.set(queued)
 
     async def prune(self) -> int:
         """Delete rows older than PREDICTION_RETENTION_DAYS; the rows deleted (0 when the
@@ -368,7 +413,91 @@ class Recorder:
     async def _publish(self) -> None:
         while True:
             self.publish()
+            self._check_relay()
             await asyncio.sleep(self.metrics_interval)
+
+    # -- the log writer's ring (server.store.relay) ----------------------------------------
+
+    def _open_relay(self) -> None:
+        """Make this worker's ring in the log writer's folder (when there is one)."""
+        if self.relay_folder is None or self.log is None:
+            return
+        if not relay_supported():
+            log.info("PREDICTION_LOG_WRITER=process needs Linux on x86-64: logging in process")
+            return
+        path = self.relay_folder / f"ring-{os.getpid()}"
+        try:
+            self.relay = self._ring = Ring.create(path)
+        except OSError as e:
+            log.warning(
+                "prediction log writer's ring %s cannot be made, logging in process: %s", path, e
+            )
+
+    def _check_relay(self) -> None:
+        """Take the ring over when its rows have waited untaken for STALL_S (the writer
+        is gone): its rows go to this worker's log, and so do later ones."""
+        ring, plog = self.relay, self.log
+        if ring is None or plog is None:
+            return
+        tail, now = ring.tail, time.monotonic()
+        if ring.head == tail or tail != self._ring_stall[0]:
+            self._ring_stall = (tail, now)
+            return
+        if now - self._ring_stall[1] < RELAY_STALL_S or not ring.lock():
+            return
+        ring.abandon()
+        self.relay = None
+        records = ring.take(read_chunk)
+        for chunk in records:
+            if isinstance(chunk, Exception):
+                plog.rows_dropped += 1
+                log.error("a record of the prediction log's ring cannot be read: %s", chunk)
+            else:
+                plog.submit(chunk)
+        log.error(
+            "the prediction log writer took nothing for %.0f s: this worker logs its "
+            "predictions itself from now on (%d requests moved from its ring)",
+            now - self._ring_stall[1],
+            len(records),
+        )
+
+    async def _flush_relay(self, timeout: float = 10.0) -> None:
+        """Wait until the log writer has written (or spooled) every prediction put in
+        this worker's ring so far; give up after ``timeout`` s (the writer is gone: the
+        ring is then taken over)."""
+        ring = self.relay
+        if ring is None:
+            return
+        target = ring.head
+        if ring.committed >= target:
+            return
+        ring.request_flush(target)
+        deadline = time.monotonic() + timeout
+        while self.relay is ring and ring.committed < target:
+            if time.monotonic() > deadline:
+                log.warning("the prediction log writer did not flush in %.0f s", timeout)
+                return
+            await asyncio.sleep(0.002)
+
+    def _close_relay(self) -> None:
+        """At shutdown: the writer takes what the ring holds after this worker exits;
+        without a writer holding it, this worker moves the rows to its own log."""
+        ring, self.relay = self._ring, None
+        if ring is None:
+            return
+        if ring.locked or ring.lock():  # no writer: the rows are ours to write
+            if not ring.abandoned:
+                ring.abandon()
+                if self.log is not None:
+                    for chunk in ring.take(read_chunk):
+                        if isinstance(chunk, Exception):
+                            self.log.rows_dropped += 1
+                        else:
+                            self.log.submit(chunk)
+            with contextlib.suppress(OSError):
+                ring.path.unlink()
+            ring.close()
+            self._ring = None
 
     async def _reopen(self, store: Store) -> None:
         said = ""

@@ -11,7 +11,11 @@ share can be taken apart by switching pieces off:
   queue and the writer task only);
 - ``pack``: as ``noop``, but the store packs and encodes the batches on its thread
   (``pack_chunks`` + ``encode``) without writing them;
-- ``on``: logging on, everything written.
+- ``on``: logging on, everything written by the store's thread in this process
+  (``PREDICTION_LOG_WRITER=thread``);
+- ``relay``: logging on, everything handed to a log-writer process through shared memory
+  (``PREDICTION_LOG_WRITER=process``, :mod:`server.store.relay`), that process pinned to
+  ``--writer-cpu`` (its CPU is not in the figures: only this process's).
 
 Each mode runs in a fresh process pinned to one core (``taskset -c CPU``: the event loop
 and the store's thread share it, as in ``run.py``), against a fresh SQLite file (or
@@ -42,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
-MODES = ("off", "noop", "pack", "on")
+MODES = ("off", "noop", "pack", "on", "relay")
 SINGLE_N, SINGLE_C = 6000, 32
 BATCH_N, BATCH_C, BATCH_ROWS = 60, 4, 256
 
@@ -151,8 +155,7 @@ async def _measure(app: Any, one: bytes, batch: bytes, rounds: int) -> dict[str,
             s0, t0 = store_seconds(), time.process_time()
             for _ in range(n // c):
                 await asyncio.gather(*[request(path, body) for _ in range(c)])
-            if rec.log is not None:
-                await rec.log.flush()
+            await rec.flush_predictions()
             cpu, store = time.process_time() - t0, store_seconds() - s0
             unit = "us_per_request" if rows == 1 else "us_per_row"
             out.setdefault(f"{name}_{unit}", []).append(cpu / (n * rows) * 1e6)
@@ -160,19 +163,35 @@ async def _measure(app: Any, one: bytes, batch: bytes, rounds: int) -> dict[str,
     return out
 
 
-def child(mode: str, registry: str, database_url: str, rounds: int, bodies: Path) -> None:
+def _pin_tree(pid: int, cpu: int) -> None:
+    """Every thread of ``pid`` to core ``cpu``."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.sched_setaffinity(int(task.name), {cpu})
+
+
+def child(
+    mode: str, registry: str, database_url: str, rounds: int, bodies: Path, writer_cpu: str
+) -> None:
     """One mode, in this process: start the app (lifespan), measure, print JSON."""
     os.environ.update(
         {
             "MODEL_ARTIFACT_PATH": registry,
             "DATABASE_URL": database_url,
             "PREDICTION_LOG": "off" if mode == "off" else "on",
+            "PREDICTION_LOG_WRITER": "process" if mode == "relay" else "thread",
             "LOG_LEVEL": "WARNING",
             "OMP_NUM_THREADS": "1",
         }
     )
     sys.path.insert(0, str(ROOT))
     _patch_store(mode)
+    writer = None
+    if mode == "relay":
+        from server.store.relay import WriterProcess
+
+        writer = WriterProcess()
+        writer.start()
     from server.app import create_app
     from server.config import load_settings
 
@@ -197,13 +216,20 @@ def child(mode: str, registry: str, database_url: str, rounds: int, bodies: Path
             await asyncio.sleep(0.01)
         if said[0]["type"] != "lifespan.startup.complete":
             raise RuntimeError(f"start-up failed: {said[0]}")
+        if writer is not None and writer.proc is not None and writer_cpu:
+            await asyncio.sleep(0.5)  # its store open, its threads started
+            _pin_tree(writer.proc.pid, int(writer_cpu))
         try:
             return await _measure(app, one, batch, rounds)
         finally:
             await q.put({"type": "lifespan.shutdown"})
             await task
 
-    print(json.dumps(asyncio.run(main())))
+    try:
+        print(json.dumps(asyncio.run(main())))
+    finally:
+        if writer is not None:
+            writer.stop()
 
 
 def write_bodies(folder: Path) -> None:
@@ -230,13 +256,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="measurements per mode")
     ap.add_argument("--repeat", type=int, default=2, help="processes per mode, interleaved")
     ap.add_argument("--cpu", default="0", help="core to pin each process to ('' = unpinned)")
+    ap.add_argument("--writer-cpu", default="1", help="core of the relay's writer process")
     ap.add_argument("--database-url", help="default: a fresh SQLite file per process")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--bodies", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        child(args.child, args.registry, args.database_url, args.rounds, Path(args.bodies))
+        child(
+            args.child,
+            args.registry,
+            args.database_url,
+            args.rounds,
+            Path(args.bodies),
+            args.writer_cpu,
+        )
         return 0
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if bad := [m for m in modes if m not in MODES]:
@@ -250,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
                 url = args.database_url or f"sqlite:///{work / f'{mode}-{k}.db'}"
                 cmd = [sys.executable, __file__, "--child", mode, "--registry", args.registry]
                 cmd += ["--database-url", url, "--rounds", str(args.rounds), "--bodies", tmp]
+                cmd += ["--writer-cpu", args.writer_cpu]
                 if args.cpu:
                     cmd = ["taskset", "-c", args.cpu, *cmd]
                 res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)

@@ -157,6 +157,7 @@ class Server:
     def __init__(self, name: str, cmd: list[str], env: dict[str, str], logfile: Path) -> None:
         self.name = name
         self.logfile = logfile
+        self.writer_pid: int | None = None
         self._out = logfile.open("w")
         log(f"starting {name}: {' '.join(cmd)}")
         # own session: granian's worker processes are stopped with their parent
@@ -188,8 +189,20 @@ class Server:
         return self.logfile.read_text(errors="replace")[-2000:]
 
     def cpu_seconds(self) -> float:
-        """utime + stime of the server's process tree (its own and its children's threads)."""
-        return tree_cpu_seconds(self.proc.pid)
+        """utime + stime of the server's process tree (its own and its children's
+        threads), less the prediction log writer's (:meth:`writer_cpu_seconds`)."""
+        return tree_cpu_seconds(self.proc.pid) - self.writer_cpu_seconds()
+
+    def find_writer(self) -> int | None:
+        """The pid of the prediction log's writer process (server.store.relay), if any."""
+        self.writer_pid = next(
+            (p for p in _descendants(self.proc.pid) if b"server.store.relay" in _cmdline(p)),
+            None,
+        )
+        return self.writer_pid
+
+    def writer_cpu_seconds(self) -> float:
+        return tree_cpu_seconds(self.writer_pid) if self.writer_pid else 0.0
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -339,10 +352,15 @@ def measure(
     if args.warmup > 0:
         fn(url, body, c, args.warmup, work, args.load_cpu)
     cpu0, busy0 = server.cpu_seconds(), cpu_busy(int(args.server_cpu or 0))
+    w0 = server.writer_cpu_seconds()
     r = fn(url, body, c, args.duration, work, args.load_cpu)
     cpu1, busy1 = server.cpu_seconds(), cpu_busy(int(args.server_cpu or 0))
     own = cpu1 - cpu0
     r["server_cpu_us_per_req"] = own / max(r["requests"], 1) * 1e6
+    if server.writer_pid:  # the log writer's CPU, on its own core
+        r["writer_cpu_us_per_req"] = (
+            (server.writer_cpu_seconds() - w0) / max(r["requests"], 1) * 1e6
+        )
     r["server_cpu_util"] = own / args.duration
     r["foreign_cpu_on_server_core"] = max(0.0, (busy1 - busy0) - own) / args.duration
     r["concurrency"] = c
@@ -374,6 +392,17 @@ def bench_server(
     out: dict[str, Any] = {"other_load_before_cores": busy}
     try:
         out["startup_s"] = srv.wait_ready(url, args.ready_timeout)
+        if name.startswith("ours") and (wpid := srv.find_writer()) is not None:
+            # the log writer process off the server's core (--writer-cpu), as the
+            # PostgreSQL of --postgres: the figure is the serving core's throughput; its
+            # own CPU is reported apart (writer_cpu_us_per_req)
+            cpu = args.writer_cpu
+            if cpu is not None:  # every thread: sched_setaffinity(pid) moves only one
+                for p in [wpid, *_descendants(wpid)]:
+                    for task in Path(f"/proc/{p}/task").iterdir():
+                        with contextlib.suppress(ProcessLookupError, ValueError):
+                            os.sched_setaffinity(int(task.name), {int(cpu)})
+            out["log_writer"] = {"pid": wpid, "cpu": cpu}
         one, batch = bodies
         out["sample"] = post(url + "/v1/predict", one.read_bytes())
         b = post(url + "/v1/predict/batch", batch.read_bytes())
@@ -401,6 +430,14 @@ def bench_server(
             f"p99 {r['p99_ms']:.2f} ms"
         )
         out[f"batch{BATCH_ROWS}_c{BATCH_C}"] = r
+        if name.startswith("ours"):  # where the logged rows went (the log writer kept up?)
+            with urllib.request.urlopen(url + "/metrics", timeout=5) as m:
+                text = m.read().decode()
+            out["prediction_log"] = {
+                k: v
+                for k, v in _metric_values(text).items()
+                if k.startswith("intellilog_prediction_log")
+            }
     finally:
         srv.stop()
     return out
@@ -502,6 +539,33 @@ def launch_postgres(cpu: str | None) -> Any:
     return pg
 
 
+def _metric_values(text: str) -> dict[str, float]:
+    """``name{labels}`` → value of the samples of a Prometheus exposition text."""
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            with contextlib.suppress(ValueError):
+                out[key] = float(value)
+    return out
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        kids = _children(todo.pop())
+        out += kids
+        todo += kids
+    return out
+
+
 def _children(pid: int) -> list[int]:
     out = []
     for entry in Path("/proc").iterdir():
@@ -548,6 +612,16 @@ def summarise(res: dict[str, dict[str, Any]]) -> dict[str, Any]:
         s["log_on_over_off_batch_rows"] = ratio(rows("ours"), rows("ours_nolog"))
         s["target_log_single_ge_090"] = s["log_on_over_off_single_peak"] >= 0.90
         s["target_log_batch_ge_095"] = s["log_on_over_off_batch_rows"] >= 0.95
+        bkey = f"batch{BATCH_ROWS}_c{BATCH_C}"
+        on, off = res["ours"][bkey], res["ours_nolog"][bkey]
+        s["log_server_cpu_us_per_batch_row_on_minus_off"] = (
+            on["server_cpu_us_per_req"] - off["server_cpu_us_per_req"]
+        ) / BATCH_ROWS
+        if "writer_cpu_us_per_req" in on:  # the log writer process, on its own core
+            s["log_writer_cpu_us_per_batch_row"] = on["writer_cpu_us_per_req"] / BATCH_ROWS
+            s["log_writer_cpu_us_per_single_req_peak"] = max(
+                res["ours"][f"single_c{c}"].get("writer_cpu_us_per_req", 0.0) for c in SINGLE_C
+            )
     if "ceiling" in have:
         for probe in PROBES:
             if probe in res:
@@ -684,6 +758,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--server-cpu", default="0", help="core for the server ('' = unpinned)")
     ap.add_argument("--load-cpu", default="1", help="core for the load generator ('' = unpinned)")
+    ap.add_argument(
+        "--writer-cpu",
+        help="core for the prediction log's writer process (default: the load core)",
+    )
     ap.add_argument("--tool", choices=["h2load", "wrk"], help="default: h2load, else wrk")
     ap.add_argument("--ready-timeout", type=float, default=120.0)
     ap.add_argument(
@@ -710,6 +788,9 @@ def main(argv: list[str] | None = None) -> int:
     has_taskset = shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
     args.server_cpu = (args.server_cpu or None) if has_taskset else None
     args.load_cpu = (args.load_cpu or None) if has_taskset else None
+    if args.writer_cpu is None:
+        args.writer_cpu = args.load_cpu
+    args.writer_cpu = (args.writer_cpu or None) if has_taskset else None
     if not has_taskset:
         log("warning: no taskset or one core: server and load generator share the CPUs")
     if args.postgres and args.database_url:

@@ -58,6 +58,9 @@ ENV_VARS = (
     "RELOAD_INTERVAL_S",
     "PROMETHEUS_MULTIPROC_DIR",
     "INTELLILOG_DEBUG",
+    "PREDICTION_LOG",
+    "PREDICTION_LOG_WRITER",
+    "INTELLILOG_LOG_RELAY",
 )
 
 #: One valid /v1/predict body for the default spec (the server tests' reference row).

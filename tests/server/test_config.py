@@ -94,6 +94,7 @@ def test_env_example_is_a_working_env_file(tmp_path: Path) -> None:
         ("MICRO_BATCH_MAX", "5000"),
         ("TENANT_ID", ""),
         ("PREDICTION_LOG", "sometimes"),
+        ("PREDICTION_LOG_WRITER", "sidecar"),
         ("PREDICTION_RETENTION_DAYS", "-1"),
         ("PREDICTION_RETENTION_DAYS", "a month"),
         ("DATABASE_URL", "sqlite:///"),
@@ -115,6 +116,9 @@ def test_prediction_log_settings(tmp_path: Path) -> None:
     s = load_settings(env, dotenv=None)
     assert s.prediction_log is False and s.prediction_retention_days == 0.5
     assert load_settings({"PREDICTION_LOG": "on"}, dotenv=None).prediction_log is True
+    assert s.prediction_log_writer == "process"
+    writer = load_settings({"PREDICTION_LOG_WRITER": "thread"}, dotenv=None)
+    assert writer.prediction_log_writer == "thread"
     spools = {
         "sqlite:////var/lib/intellilog/db.sqlite": Path("/var/lib/intellilog/intellilog.spool"),
         "sqlite:///data/x.db": Path("data/intellilog.spool"),
