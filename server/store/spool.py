@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import threading
@@ -166,6 +167,7 @@ class Spool:
         self.path = Path(path)
         self.replaying_path = self.path.with_name(self.path.name + ".replaying")
         self.rejected_path = self.path.with_name(self.path.name + ".rejected")
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
         #: lines skipped by replays because they were not complete records
         self.skipped_lines = 0
         #: rows set aside in ``rejected_path`` because the database refused them
@@ -265,19 +267,41 @@ class Spool:
         rows then stay in the spool for the next replay. Concurrent calls run one at a time.
         """
         async with self._replay_lock:
-            total = 0
-            for _ in range(1000):  # new rows may keep arriving; stop eventually
-                path = await asyncio.to_thread(self._take)
-                if path is None:
-                    break
-                reader = await asyncio.to_thread(_Reader, path)
-                try:
-                    while rows := await asyncio.to_thread(reader.chunk, batch_rows):
-                        refused = await write_rows(store, rows)
-                        await self.reject(refused)
-                        total += len(rows) - len(refused)
-                finally:
-                    reader.close()
-                    self.skipped_lines += reader.skipped
-                await asyncio.to_thread(self._finish, path)
-            return total
+            held = await asyncio.to_thread(self._lock_replays)
+            if held is None:  # another process replays this spool right now
+                return 0
+            try:
+                return await self._replay(store, batch_rows)
+            finally:
+                os.close(held)  # the lock goes with the descriptor
+
+    def _lock_replays(self) -> int | None:
+        """An exclusive ``flock`` on ``<name>.lock``: the workers and the log writer share
+        one spool, and two processes replaying it at once could each remove the
+        ``.replaying`` file the other just made. None when another process holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return fd
+
+    async def _replay(self, store: Store, batch_rows: int) -> int:
+        total = 0
+        for _ in range(1000):  # new rows may keep arriving; stop eventually
+            path = await asyncio.to_thread(self._take)
+            if path is None:
+                break
+            reader = await asyncio.to_thread(_Reader, path)
+            try:
+                while rows := await asyncio.to_thread(reader.chunk, batch_rows):
+                    refused = await write_rows(store, rows)
+                    await self.reject(refused)
+                    total += len(rows) - len(refused)
+            finally:
+                reader.close()
+                self.skipped_lines += reader.skipped
+            await asyncio.to_thread(self._finish, path)
+        return total

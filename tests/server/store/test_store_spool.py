@@ -118,3 +118,29 @@ def test_failed_replay_keeps_the_rows(tmp_path: Path) -> None:
 
     assert asyncio.run(run()) == 5
     assert raw_sql(url, "SELECT count(*) FROM predictions") == [(5,)]
+
+
+def test_one_process_at_a_time_replays_a_shared_spool(tmp_path: Path) -> None:
+    """The workers and the log writer share one spool: while another process replays it
+    (holds ``<name>.lock``), a replay leaves every file alone; afterwards it replays."""
+    import fcntl
+    import os
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    spool = Spool(tmp_path / "rows.jsonl")
+    spool.append_sync(predictions(5, seed=6))
+    other = os.open(spool.lock_path, os.O_RDWR | os.O_CREAT)  # "another process"
+    fcntl.flock(other, fcntl.LOCK_EX)
+
+    async def replay() -> int:
+        async with await open_store(url) as store:
+            return await spool.replay(store)
+
+    try:
+        assert asyncio.run(replay()) == 0
+        assert spool.path.exists() and not spool.replaying_path.exists()
+    finally:
+        os.close(other)
+    assert asyncio.run(replay()) == 5
+    assert spool.pending_bytes() == 0
+    assert raw_sql(url, "SELECT count(*) FROM predictions") == [(5,)]
