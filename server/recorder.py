@@ -66,7 +66,7 @@ from server.store import (
 from server.store.chunks import PredictionChunk
 from server.store.relay import ENV as RELAY_ENV
 from server.store.relay import STALL_S as RELAY_STALL_S
-from server.store.relay import Ring, encode_chunk, read_chunk
+from server.store.relay import Ring, encode_chunk, encode_chunks, read_chunks
 from server.store.relay import supported as relay_supported
 
 __all__ = ["ARM", "Recorder", "new_request_id"]
@@ -137,6 +137,8 @@ class Recorder:
         self._ring: Ring | None = None  # kept after a takeover (its counters, its lock)
         self._ring_stall = (0, 0.0)  # (tail, since when) while rows wait in the ring
         self._overflow_seen = 0
+        self._singles: list[PredictionChunk] = []  # single-row requests of this loop turn
+        self._dropped_unreadable = 0  # ring records that could not be read
         self._tasks: list[asyncio.Task[None]] = []
         self._seen = {"written": 0, "spooled": 0, "replayed": 0, "dropped": 0}
         self._feedback_written = 0  # feedback rows in the log's rows_written
@@ -250,10 +252,8 @@ class Recorder:
         relay = self.relay
         if relay is not None and relay.put(encode_chunk(chunk), len(chunk)):
             return
-        if self.log is not None:
-            self.log.submit(chunk)
-        else:  # a request answered outside the lifespan (no start()): nowhere to log it
-            metrics.PREDICTION_LOG_ROWS.labels("dropped").inc(len(chunk))
+        # no ring, or no room in it; no log: a request answered outside the lifespan
+        self._submit_local(chunk)
 
     def submit_one(
         self,
@@ -284,13 +284,32 @@ class Recorder:
             (p90,),
             time.time(),
         )
-        relay = self.relay
-        if relay is not None and relay.put(encode_chunk(c), 1):
-            return
-        if self.log is not None:
+        if self.relay is not None:  # gathered: one ring record per event-loop turn
+            if not self._singles:
+                asyncio.get_running_loop().call_soon(self._put_singles)
+            self._singles.append(c)
+        elif self.log is not None:
             self.log.submit(c)
         else:
             self.submit(c)
+
+    def _put_singles(self) -> None:
+        """The single-row requests gathered since the last turn, as one ring record (one
+        encode, one copy); into this worker's own log when the ring has no room."""
+        chunks, self._singles = self._singles, []
+        if not chunks:
+            return
+        relay = self.relay
+        if relay is not None and relay.put(encode_chunks(chunks), len(chunks)):
+            return
+        for c in chunks:  # no room (or the ring was taken over meanwhile)
+            self._submit_local(c)
+
+    def _submit_local(self, chunk: PredictionChunk) -> None:
+        if self.log is not None:
+            self.log.submit(chunk)
+        else:
+            metrics.PREDICTION_LOG_ROWS.labels("dropped").inc(len(chunk))
 
     def texts_chunk(
         self,
@@ -368,7 +387,7 @@ class Recorder:
             "written": plog.rows_written - self._feedback_written,
             "spooled": plog.rows_spooled,
             "replayed": plog.rows_replayed,
-            "dropped": plog.rows_dropped,
+            "dropped": plog.rows_dropped + self._dropped_unreadable,
         }
         queued = plog.queue_depth
         if self._ring is not None:  # the log writer's counters for this worker's rows
@@ -447,24 +466,20 @@ class Recorder:
             return
         ring.abandon()
         self.relay = None
-        records = ring.take(read_chunk)
-        for chunk in records:
-            if isinstance(chunk, Exception):
-                plog.rows_dropped += 1
-                log.error("a record of the prediction log's ring cannot be read: %s", chunk)
-            else:
-                plog.submit(chunk)
+        self._put_singles()  # to the log: the relay is off now
+        records = self._take_ring(ring)
         log.error(
             "the prediction log writer took nothing for %.0f s: this worker logs its "
-            "predictions itself from now on (%d requests moved from its ring)",
+            "predictions itself from now on (%d records moved from its ring)",
             now - self._ring_stall[1],
-            len(records),
+            records,
         )
 
     async def _flush_relay(self, timeout: float = 10.0) -> None:
         """Wait until the log writer has written (or spooled) every prediction put in
         this worker's ring so far; give up after ``timeout`` s (the writer is gone: the
         ring is then taken over)."""
+        self._put_singles()
         ring = self.relay
         if ring is None:
             return
@@ -479,21 +494,29 @@ class Recorder:
                 return
             await asyncio.sleep(0.002)
 
+    def _take_ring(self, ring: Ring) -> int:
+        """Move what ``ring`` holds to this worker's own log; the records moved."""
+        records = ring.take(read_chunks)
+        for chunks in records:
+            if isinstance(chunks, Exception):
+                self._dropped_unreadable += 1
+                log.error("a record of the prediction log's ring cannot be read: %s", chunks)
+            else:
+                for c in chunks:
+                    self._submit_local(c)
+        return len(records)
+
     def _close_relay(self) -> None:
         """At shutdown: the writer takes what the ring holds after this worker exits;
         without a writer holding it, this worker moves the rows to its own log."""
+        self._put_singles()  # the turn's last single rows, before the ring is let go
         ring, self.relay = self._ring, None
         if ring is None:
             return
         if ring.locked or ring.lock():  # no writer: the rows are ours to write
             if not ring.abandoned:
                 ring.abandon()
-                if self.log is not None:
-                    for chunk in ring.take(read_chunk):
-                        if isinstance(chunk, Exception):
-                            self.log.rows_dropped += 1
-                        else:
-                            self.log.submit(chunk)
+                self._take_ring(ring)
             with contextlib.suppress(OSError):
                 ring.path.unlink()
             ring.close()

@@ -18,7 +18,9 @@ Shape:
 - Each worker's :class:`~server.recorder.Recorder` makes its :class:`Ring` there,
   ``ring-<pid>``: a file of :data:`HEADER` + capacity bytes, mapped into memory, with one
   producer (the worker) and one consumer (whoever holds the file's ``flock``: the writer).
-- ``Recorder.submit`` puts :func:`encode_chunk` of the request's chunk into the ring.
+- ``Recorder.submit`` puts :func:`encode_chunk` of the request's chunk into the ring
+  (single-row requests are gathered and put once per event-loop turn,
+  :func:`encode_chunks`).
   When the ring has no room (the writer is behind, or gone) the chunk goes to the
   worker's own :class:`~server.store.PredictionLog`, as without the relay: nothing waits
   and nothing is lost.
@@ -80,9 +82,10 @@ __all__ = [
     "ENV",
     "Ring",
     "WriterProcess",
-    "decode_chunk",
+    "decode_chunks",
     "encode_chunk",
-    "read_chunk",
+    "encode_chunks",
+    "read_chunks",
     "supported",
 ]
 
@@ -385,7 +388,7 @@ class _Wire(msgspec.Struct, array_like=True, gc=False):
 
 
 _encode = msgspec.msgpack.Encoder().encode
-_decode = msgspec.msgpack.Decoder(_Wire).decode
+_decode = msgspec.msgpack.Decoder(list[_Wire]).decode
 _F8 = np.dtype("<f8")
 
 
@@ -396,30 +399,38 @@ def _floats(v: object) -> object:
     return v
 
 
-def encode_chunk(c: PredictionChunk) -> bytes:
-    """``c`` as one msgpack record (the arrays as raw bytes): :class:`_Wire`'s fields, in
-    order, as an array."""
+def wire(c: PredictionChunk) -> tuple[object, ...]:
+    """``c`` as :class:`_Wire`'s fields, in order (the arrays as buffers)."""
     m = c.matrix()
-    return _encode(
-        (
-            c.request_id,
-            c.uid,
-            c.order_ids,
-            c.tenant,
-            c.model_version,
-            c.arm,
-            c.inputs,
-            m.shape[1],
-            m.data,
-            _floats(c.eta),
-            _floats(c.p10),
-            _floats(c.p90),
-            c.created_at,
-            c.sizes,
-            c.rows_at,
-            c.start,
-        )
+    return (
+        c.request_id,
+        c.uid,
+        c.order_ids,
+        c.tenant,
+        c.model_version,
+        c.arm,
+        c.inputs,
+        m.shape[1],
+        m.data,
+        _floats(c.eta),
+        _floats(c.p10),
+        _floats(c.p90),
+        c.created_at,
+        c.sizes,
+        c.rows_at,
+        c.start,
     )
+
+
+def encode_chunks(chunks: Sequence[PredictionChunk]) -> bytes:
+    """One ring record of ``chunks``: a msgpack array of their :func:`wire` forms (the
+    single-row requests of one event-loop turn go as one record)."""
+    return _encode([wire(c) for c in chunks])
+
+
+def encode_chunk(c: PredictionChunk) -> bytes:
+    """One ring record of the one chunk ``c``."""
+    return _encode([wire(c)])
 
 
 def _answers(v: list[float] | bytes) -> Sequence[float]:
@@ -430,36 +441,42 @@ def _answers(v: list[float] | bytes) -> Sequence[float]:
     return v
 
 
-def read_chunk(data: bytes | memoryview) -> PredictionChunk | Exception:
-    """:func:`decode_chunk`, or the error that says why ``data`` is not a chunk."""
+def read_chunks(data: bytes | memoryview) -> list[PredictionChunk] | Exception:
+    """:func:`decode_chunks`, or the error that says why ``data`` is not a record."""
     try:
-        return decode_chunk(data)
+        return decode_chunks(data)
     except (msgspec.DecodeError, RingError) as e:
         return e
 
 
-def decode_chunk(data: bytes | memoryview) -> PredictionChunk:
-    """The chunk :func:`encode_chunk` gave ``data`` for."""
-    w = _decode(data)
-    if w.width <= 0 or len(w.features) % (w.width * FEATURE_DTYPE.itemsize):
-        raise RingError(f"chunk {w.request_id!r}: {len(w.features)} feature bytes, width {w.width}")
-    return PredictionChunk(
-        request_id=w.request_id,
-        uid=w.uid,
-        order_ids=w.order_ids,
-        tenant=w.tenant,
-        model_version=w.model_version,
-        arm=w.arm,
-        inputs=w.inputs,
-        features=np.frombuffer(w.features, dtype=FEATURE_DTYPE).reshape(-1, w.width),
-        eta=_answers(w.eta),
-        p10=_answers(w.p10),
-        p90=_answers(w.p90),
-        created_at=w.created_at,
-        sizes=w.sizes,
-        rows_at=w.rows_at,
-        start=w.start,
-    )
+def decode_chunks(data: bytes | memoryview) -> list[PredictionChunk]:
+    """The chunks :func:`encode_chunks` gave ``data`` for."""
+    out = []
+    for w in _decode(data):
+        if w.width <= 0 or len(w.features) % (w.width * FEATURE_DTYPE.itemsize):
+            raise RingError(
+                f"chunk {w.request_id!r}: {len(w.features)} feature bytes, width {w.width}"
+            )
+        out.append(
+            PredictionChunk(
+                request_id=w.request_id,
+                uid=w.uid,
+                order_ids=w.order_ids,
+                tenant=w.tenant,
+                model_version=w.model_version,
+                arm=w.arm,
+                inputs=w.inputs,
+                features=np.frombuffer(w.features, dtype=FEATURE_DTYPE).reshape(-1, w.width),
+                eta=_answers(w.eta),
+                p10=_answers(w.p10),
+                p90=_answers(w.p90),
+                created_at=w.created_at,
+                sizes=w.sizes,
+                rows_at=w.rows_at,
+                start=w.start,
+            )
+        )
+    return out
 
 
 # -- the writer process ------------------------------------------------------------------
@@ -528,22 +545,23 @@ class Writer:
         moved = 0
         for path, h in list(self.held.items()):
             try:
-                records = h.ring.take(read_chunk)
+                records = h.ring.take(read_chunks)
             except RingError as e:
                 log.error("prediction log writer: %s dropped: %s", path, e)
                 await self._release(path, h, remove=False)
                 self.refused.add(path)
                 continue
-            for chunk in records:
-                if isinstance(chunk, Exception):
+            for chunks in records:
+                if isinstance(chunks, Exception):
                     h.log.rows_dropped += 1
                     log.error(
-                        "prediction log writer: a record of %s cannot be read: %s", path, chunk
+                        "prediction log writer: a record of %s cannot be read: %s", path, chunks
                     )
                     continue
-                h.log.submit(chunk)
-                h.taken += len(chunk)
-                moved += len(chunk)
+                for chunk in chunks:
+                    h.log.submit(chunk)
+                    h.taken += len(chunk)
+                    moved += len(chunk)
             unwritten = h.ring.taken_to - h.ring.tail
             if unwritten and (
                 h.ring.flush_wanted()

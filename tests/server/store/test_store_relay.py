@@ -24,7 +24,14 @@ from server.recorder import Recorder
 from server.store import open_store
 from server.store import relay as relay_mod
 from server.store.chunks import PredictionChunk
-from server.store.relay import Ring, RingError, Writer, decode_chunk, encode_chunk
+from server.store.relay import (
+    Ring,
+    RingError,
+    Writer,
+    decode_chunks,
+    encode_chunk,
+    encode_chunks,
+)
 from tests.server.store.storekit import T0
 from tests.server.store.test_store_batches import as_tuple, view
 from tests.server.store.test_store_chunks import batch_chunk, mixed, single_chunk, texts_chunk
@@ -54,9 +61,11 @@ def test_chunks_of_every_layout_cross_the_wire_unchanged() -> None:
     arrays.eta, arrays.p10 = np.asarray(arrays.eta), np.asarray(arrays.p10, dtype=np.float32)
     cut = chunks[0].cut(2, 7)  # start != 0, sizes layout
     for c in [*chunks, arrays, cut]:
-        back = decode_chunk(encode_chunk(c))
+        (back,) = decode_chunks(encode_chunk(c))
         assert rows_of(back) == rows_of(c), c.request_id
         assert back.start == c.start and back.rows_at == c.rows_at
+    together = decode_chunks(encode_chunks([*chunks, cut]))  # one record of many chunks
+    assert [rows_of(c) for c in together] == [rows_of(c) for c in [*chunks, cut]]
 
 
 def test_records_come_out_in_order_through_many_wraps(tmp_path: Path) -> None:
@@ -239,16 +248,20 @@ def test_the_recorder_puts_predictions_in_its_ring_not_its_own_log(tmp_path: Pat
         try:
             assert rec.relay is not None and rec.relay.path.parent == folder
             rec.submit_one("r1", "r1", "s1", body, X, 20.0, 15.0, 27.0, "v1")
+            rec.submit_one("r2", "r2", "s2", body, X, 21.0, 16.0, 28.0, "v1")
             chunk, _ = batch_chunk("b", 5, seed=3)
-            rec.submit(chunk)
-            assert rec.log is not None and rec.log.queue_depth == 0  # nothing in process
-            assert rec.relay.rows_put == 6
+            rec.submit(chunk)  # at once: a record of its own
             consumer = Ring.attach(rec.relay.path)
             assert consumer.lock()
-            got = consumer.take(decode_chunk)
-            assert [len(c) for c in got] == [1, 5]
-            assert rows_of(got[1]) == rows_of(chunk)
-            assert got[0].rows()[0].inputs == body.decode() and got[0].eta == [20.0]
+            assert rec.relay.rows_put == 5
+            await asyncio.sleep(0)
+            assert rec.relay.rows_put == 7
+            assert rec.log is not None and rec.log.queue_depth == 0  # nothing in process
+            got = [c for cs in consumer.take(decode_chunks) for c in cs]
+            assert [len(c) for c in got] == [5, 1, 1]
+            assert rows_of(got[0]) == rows_of(chunk)
+            assert got[1].rows()[0].inputs == body.decode() and got[1].eta == [20.0]
+            assert got[2].rows()[0].order_id == "s2" and consumer.taken_to == rec.relay.head
             consumer.close()
         finally:
             await rec.close()
