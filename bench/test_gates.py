@@ -15,6 +15,8 @@ never gated: only the ratios are.
 * HTTP single row: the raw-RSGI ceiling's server CPU per request / ours (equal to the
   ratio of their request rates when the server's core is saturated, and unlike req/s
   independent of the speed of the pure-Python load generator CI has to use);
+* prediction log: the app's CPU per request with the log off / on through the log
+  writer process (``bench/http/log_cost.py``, in process, the writer on another core);
 * soak: ``bench/soak.py`` for one minute (its own first-vs-last-window judge);
 * ``test_planted_slowdown_trips_the_gate``: an extra matrix copy plus the forest walked
   seven times per call must fail an engine gate.
@@ -361,6 +363,38 @@ def test_http_single_row_gate(benchmark: Any, servers: dict[str, Any]) -> None:
     print(f"http single row, ceiling CPU/request over ours: {ratio:.2f}")
     budget = BUDGETS["http_single_row"]["min_ratio"]
     assert ratio >= budget, f"HTTP single-row ratio {ratio:.2f} under budget {budget}"
+
+
+def test_prediction_log_gate(registry: Path, tmp_path: Path) -> None:
+    """The prediction log's cost on the serving core: ``bench/http/log_cost.py`` with
+    ``PREDICTION_LOG=off`` and with the log writer process, in process: two processes
+    each, alternating, two rounds in each (about 30 s)."""
+    from server.store import relay
+
+    if not relay.supported():
+        pytest.skip("the log writer process runs on Linux x86-64 only")
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two cores: the app on one, the log writer on the other")
+    cpus = sorted(os.sched_getaffinity(0))
+    out = tmp_path / "log_cost.json"
+    cmd = [sys.executable, str(HERE / "http" / "log_cost.py"), "--registry", str(registry)]
+    cmd += ["--modes", "off,relay", "--repeat", "2", "--rounds", "2", "--json", str(out)]
+    cmd += ["--cpu", str(cpus[0]), "--writer-cpu", str(cpus[1])]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    got = json.loads(out.read_text())
+    med = {m: {k: float(np.median(v)) for k, v in got[m].items()} for m in ("off", "relay")}
+    batch = med["off"]["batch_us_per_row"] / med["relay"]["batch_us_per_row"]
+    single = med["off"]["single_us_per_request"] / med["relay"]["single_us_per_request"]
+    print(
+        f"prediction log, CPU off / on (writer process): batch row {batch:.2f} "
+        f"({med['off']['batch_us_per_row']:.1f} / {med['relay']['batch_us_per_row']:.1f} us), "
+        f"single request {single:.2f} ({med['off']['single_us_per_request']:.1f} / "
+        f"{med['relay']['single_us_per_request']:.1f} us)"
+    )
+    budget = BUDGETS["prediction_log"]
+    assert batch >= budget["min_batch_ratio"], f"batch log ratio {batch:.2f} under budget"
+    assert single >= budget["min_single_ratio"], f"single log ratio {single:.2f} under budget"
 
 
 @pytest.mark.slow
