@@ -368,7 +368,7 @@ def test_http_single_row_gate(benchmark: Any, servers: dict[str, Any]) -> None:
 def test_prediction_log_gate(registry: Path, tmp_path: Path) -> None:
     """The prediction log's cost on the serving core: ``bench/http/log_cost.py`` with
     ``PREDICTION_LOG=off`` and with the log writer process, in process: two processes
-    each, alternating, two rounds in each (about 30 s)."""
+    each, alternating, three rounds in each, the best round of each mode (about 40 s)."""
     from server.store import relay
 
     if not relay.supported():
@@ -378,12 +378,13 @@ def test_prediction_log_gate(registry: Path, tmp_path: Path) -> None:
     cpus = sorted(os.sched_getaffinity(0))
     out = tmp_path / "log_cost.json"
     cmd = [sys.executable, str(HERE / "http" / "log_cost.py"), "--registry", str(registry)]
-    cmd += ["--modes", "off,relay", "--repeat", "2", "--rounds", "2", "--json", str(out)]
+    cmd += ["--modes", "off,relay", "--repeat", "2", "--rounds", "3", "--json", str(out)]
     cmd += ["--cpu", str(cpus[0]), "--writer-cpu", str(cpus[1])]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     got = json.loads(out.read_text())
-    med = {m: {k: float(np.median(v)) for k, v in got[m].items()} for m in ("off", "relay")}
+    # the best round of each mode: other jobs on a shared machine only ever add time
+    med = {m: {k: float(np.min(v)) for k, v in got[m].items()} for m in ("off", "relay")}
     batch = med["off"]["batch_us_per_row"] / med["relay"]["batch_us_per_row"]
     single = med["off"]["single_us_per_request"] / med["relay"]["single_us_per_request"]
     print(

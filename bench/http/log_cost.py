@@ -192,6 +192,8 @@ def child(
 
         writer = WriterProcess()
         writer.start()
+        if writer_cpu and writer.proc is not None:  # off this core from its first step
+            _pin_tree(writer.proc.pid, int(writer_cpu))
     from server.app import create_app
     from server.config import load_settings
 
@@ -216,9 +218,7 @@ def child(
             await asyncio.sleep(0.01)
         if said[0]["type"] != "lifespan.startup.complete":
             raise RuntimeError(f"start-up failed: {said[0]}")
-        if writer is not None and writer.proc is not None and writer_cpu:
-            await asyncio.sleep(0.5)  # its store open, its threads started
-            _pin_tree(writer.proc.pid, int(writer_cpu))
+
         try:
             return await _measure(app, one, batch, rounds)
         finally:
