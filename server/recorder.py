@@ -18,15 +18,17 @@ inputs and packs the columns into the store's batches on the store's thread. Wit
 ``PREDICTION_LOG=off`` the routes build and submit nothing; the store still takes
 feedback.
 
-Cost (bench/RESULTS.md, "Prediction log cost", measured in process by
-``bench/http/log_cost.py``): on the event loop nothing runs per logged row (~0.6 µs per
-single-row request, nothing measurable per batch row). The work is the store's, on its
-own thread of this process and so on the same core: splitting the body into the rows'
-inputs and encoding the columns (~1.8 µs per batch row), then writing ~0.5 kB per row
-(SQLite: its WAL, then the checkpoint into the database file; PostgreSQL: the socket),
-~2.8 µs per batch row in all (was 5.6 with one PredictionRow per row) and ~9 µs per
-single-row request (one chunk, one key and a share of the commit each), against ~12 µs
-per batch row and ~25–70 µs per single request of serving.
+Under ``intellilog serve`` (``PREDICTION_LOG_WRITER=process``, the default) a worker does
+not write the chunks itself: :meth:`submit` copies each one into the worker's ring of the
+log-writer process (:mod:`server.store.relay`; a turn's single-row requests go as one
+record), which writes them to the store. Cost on the serving core (bench/RESULTS.md,
+"Prediction log cost", ``bench/http/log_cost.py``): ~0.7 µs per batch row and ~4 µs per
+single-row request of ~16 and ~48 µs (0.96 and 0.92 of logging off); the writer spends
+~4–5 µs per batch row on its own core. Without the writer (``thread``, or outside
+``serve``) the chunks go to this process's :class:`~server.store.PredictionLog`, whose
+store thread shares the serving core: +4.2 µs per batch row and +10 µs per single-row
+request (0.79 and 0.83). A ring without room (the writer behind or gone) sends its
+chunks there too (``intellilog_prediction_log_relay_overflow_rows_total``).
 When the store cannot keep up, the queue fills (``PredictionLog.max_queue``) and the
 excess is spooled and replayed later.
 ``intellilog serve --workers N`` gives every worker its own log over the same store and,
