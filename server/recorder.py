@@ -68,7 +68,7 @@ from server.store import (
 from server.store.chunks import PredictionChunk
 from server.store.relay import ENV as RELAY_ENV
 from server.store.relay import STALL_S as RELAY_STALL_S
-from server.store.relay import Ring, encode_chunk, encode_chunks, read_chunks
+from server.store.relay import Ring, encode_chunk, encode_chunks, read_chunks, wake_writer
 from server.store.relay import supported as relay_supported
 
 __all__ = ["ARM", "Recorder", "new_request_id"]
@@ -489,6 +489,8 @@ class Recorder:
         if ring.committed >= target:
             return
         ring.request_flush(target)
+        if self.relay_folder is not None:
+            wake_writer(self.relay_folder)
         deadline = time.monotonic() + timeout
         while self.relay is ring and ring.committed < target:
             if time.monotonic() > deadline:

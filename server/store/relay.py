@@ -29,8 +29,9 @@ Shape:
   keeps each ring's counters (rows taken, written, spooled, replayed, dropped, queued) in
   its header; the worker adds them to its metrics.
 - Feedback (``Recorder.write_feedback``) first writes the predictions still queued: the
-  worker asks for a flush up to its ring's head (``flush_req``) and waits until the
-  writer says everything before it is in the store or the spool (``committed``).
+  worker asks for a flush up to its ring's head (``flush_req``), wakes the writer (a
+  datagram to its socket :data:`WAKE`) and waits until the writer says everything before
+  it is in the store or the spool (``committed``).
 - A ring's records keep their room until the writer has written them (it flushes each
   ring's log at least every :data:`FLUSH_S`, then releases what it took). The writer
   gone (crashed, killed): the kernel drops its lock and nothing is lost; ``serve`` starts
@@ -60,6 +61,7 @@ import os
 import platform
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -87,6 +89,7 @@ __all__ = [
     "encode_chunks",
     "read_chunks",
     "supported",
+    "wake_writer",
 ]
 
 log = logging.getLogger("intellilog.store")
@@ -106,6 +109,9 @@ IDLE_POLL_S = 0.05
 #: their room until flushed (a writer killed loses nothing: the next one takes them
 #: again), and a quarter of the ring unflushed also makes a flush.
 FLUSH_S = 0.2
+#: The writer's socket in the rings' folder: a datagram to it wakes the writer at once
+#: (a worker waiting for a flush, :func:`wake_writer`) instead of at its next look.
+WAKE = "wake.sock"
 #: Seconds between the writer's scans of the folder for new and finished rings.
 SCAN_S = 0.25
 #: Seconds a ring's rows may wait untaken before its worker takes them over.
@@ -365,6 +371,13 @@ class Ring:
         return self._ctr[_FLUSH_REQ] > self._ctr[_COMMITTED]
 
 
+def wake_writer(folder: Path) -> None:
+    """Wake the writer of ``folder`` now (nothing happens when there is none)."""
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.setblocking(False)
+        s.sendto(b"!", str(folder / WAKE))
+
+
 # -- chunks on the wire ------------------------------------------------------------------
 
 
@@ -599,7 +612,24 @@ async def _run(folder: Path, stop: asyncio.Event) -> None:
     settings = load_settings()
     store = store_from_url(settings.database_url)
     writer = Writer(folder, store, settings.spool_file)
-    opened = asyncio.create_task(_open(store))
+    tried = asyncio.Event()
+    opened = asyncio.create_task(_open(store, tried))
+    # the first attempt before any write (a write to an unopened store spools); a store
+    # that does not answer is tried again every 5 s while the logs spool
+    await tried.wait()
+    loop = asyncio.get_running_loop()
+    wake = asyncio.Event()  # a worker waits for a flush (wake_writer)
+    sock: socket.socket | None = _wake_socket(folder)
+
+    def woken() -> None:
+        assert sock is not None
+        with contextlib.suppress(OSError):
+            while sock.recv(64):
+                pass
+        wake.set()
+
+    if sock is not None:
+        loop.add_reader(sock.fileno(), woken)
     try:
         next_scan, pause = 0.0, POLL_S
         while not stop.is_set():
@@ -609,26 +639,49 @@ async def _run(folder: Path, stop: asyncio.Event) -> None:
                 next_scan = now + SCAN_S
             moved = await writer.pump()
             pause = POLL_S if moved else min(pause * 2, IDLE_POLL_S)
-            await asyncio.sleep(pause)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), pause)
+            if wake.is_set():
+                wake.clear()
+                pause = POLL_S
         await writer.scan()  # rings made since the last scan
         await writer.close()
     finally:
+        if sock is not None:
+            loop.remove_reader(sock.fileno())
+            sock.close()
         opened.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await opened
         await store.close()
 
 
-async def _open(store: Store) -> None:
+def _wake_socket(folder: Path) -> socket.socket | None:
+    """The writer's wake-up socket, bound at ``folder / WAKE`` (None when it cannot be:
+    a folder path too long for a socket; flushes then wait for the writer's next look)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sock.bind(str(folder / WAKE))
+        sock.setblocking(False)
+    except OSError as e:
+        log.warning("prediction log writer: no wake-up socket in %s: %s", folder, e)
+        sock.close()
+        return None
+    return sock
+
+
+async def _open(store: Store, tried: asyncio.Event) -> None:
     """Open the store, again every 5 s while it does not answer (the logs spool
-    meanwhile and replay once a ping answers)."""
+    meanwhile and replay once a ping answers); ``tried`` is set after the first attempt."""
     while True:
         try:
             await store.open()
         except Exception as e:
             log.warning("prediction log writer: store unavailable, spooling: %s", e)
+            tried.set()
             await asyncio.sleep(5.0)
         else:
+            tried.set()
             return
 
 

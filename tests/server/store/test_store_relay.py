@@ -424,3 +424,38 @@ def test_the_setting_decides_whether_serve_s_folder_is_used(
             await rec.close()
 
     assert asyncio.run(run()) is (writer == "process")
+
+
+def test_a_flush_request_wakes_an_idle_writer_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer's looks are 30 s apart here: only the wake-up datagram can make it
+    answer a flush within seconds."""
+    folder = tmp_path / "rings"
+    folder.mkdir()
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.setenv("SPOOL_PATH", str(tmp_path / "spool"))
+    monkeypatch.setattr(relay_mod, "POLL_S", 30.0)
+    monkeypatch.setattr(relay_mod, "IDLE_POLL_S", 30.0)
+    monkeypatch.setattr(relay_mod, "SCAN_S", 0.0)  # the ring is found at the first look
+    ring = Ring.create(folder / f"ring-{os.getpid()}")
+    chunk, rows = batch_chunk("w", 4, seed=5)
+
+    async def run() -> float:
+        stop = asyncio.Event()
+        task = asyncio.create_task(relay_mod._run(folder, stop))
+        await until(lambda: _held_by_another(ring.path), "the writer takes the ring")
+        assert ring.put(encode_chunk(chunk), len(chunk))
+        ring.request_flush(ring.head)
+        t0 = time.monotonic()
+        relay_mod.wake_writer(folder)
+        await until(lambda: ring.committed >= ring.head, "the flush", timeout=10)
+        took = time.monotonic() - t0
+        stop.set()
+        relay_mod.wake_writer(folder)
+        await asyncio.wait_for(task, 30)
+        return took
+
+    assert asyncio.run(run()) < 10
+    assert sorted(view(url)) == sorted(as_tuple(r) for r in rows)
