@@ -52,6 +52,8 @@ EXPORTED: frozenset[str] = frozenset(
         "intellilog_retrain_last_run_timestamp_seconds",  # gauge {outcome}: the run log
         "intellilog_retrain_runs",  # gauge {outcome}: runs in the run log
         "intellilog_retrain_first_run_timestamp_seconds",  # gauge: 0 without a run log
+        # counter: rows the log writer's ring had no room for (logged in the worker)
+        "intellilog_prediction_log_relay_overflow_rows_total",
     }
 )
 
