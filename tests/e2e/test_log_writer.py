@@ -87,7 +87,9 @@ def test_writer_process_logs_for_every_worker_survives_a_kill_and_flushes_at_sig
     try:
         s.wait_ready(60)
         first = wait_for(lambda: writer_pid(s.proc.pid), 30, "the log writer")
-        folder = Path(next(p for p in Path("/dev/shm").glob("intellilog-log-*")))
+        # the rings' folder: the writer's one argument (python -m server.store.relay DIR)
+        folder = Path(Path(f"/proc/{first}/cmdline").read_bytes().split(b"\0")[3].decode())
+        assert folder.name.startswith("intellilog-log-"), folder
         # feedback right after its prediction: the writer flushes it first, so it is known
         with httpx.Client(base_url=s.url, timeout=30.0) as c:
             assert c.post("/v1/predict", json={**rows[0], "order_id": "fb-1"}).status_code == 200

@@ -539,6 +539,13 @@ def test_grpc_in_every_worker(models: Any, tmp_path: Path) -> None:
     s = GrpcServer(models.registry, tmp_path / "two", workers=2)
     try:
         s.wait_ready(90)
+        # both workers up before the SIGTERM below: granian does not stop a worker whose
+        # start-up is still running when the signal comes (it is killed after
+        # workers_kill_timeout, 30 s), and this test is about both serving
+        deadline = time.monotonic() + 60
+        while not all(f"Started worker-{k}" in s.log for k in (1, 2)):
+            assert time.monotonic() < deadline, s.log
+            time.sleep(0.1)
         cols = columns(rows_of(2, seed=84, prefix="w"))
         deadline = time.monotonic() + 60
         while True:  # the second worker may still be warming up
